@@ -1,0 +1,33 @@
+"Fixtures for the Kaggle tests (tests/test_kaggle.py): a local Kaggle, no credentials, no internet."
+import pytest
+from paddy_lib.data import COMP, make_demo_paddy
+from paddy_lib.kaggle import LocalKaggle, loopback_only
+
+KAGGLE_CRED_VARS = ('KAGGLE_USERNAME', 'KAGGLE_KEY', 'KAGGLE_API_TOKEN', 'KAGGLE_CONFIG_DIR', 'XDG_CONFIG_HOME',
+                    'KAGGLE_API_ENVIRONMENT', 'KAGGLE_KERNEL_RUN_TYPE')
+
+@pytest.fixture
+def kaggle_empty_home(tmp_path, monkeypatch):
+    "An empty HOME and Kaggle config folder, and no Kaggle variables: a machine without Kaggle credentials."
+    home = tmp_path/'home'
+    home.mkdir()
+    monkeypatch.setenv('HOME', str(home))
+    for k in KAGGLE_CRED_VARS: monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv('KAGGLE_CONFIG_DIR', str(home/'.kaggle'))
+    return home
+
+@pytest.fixture
+def kaggle_no_internet():
+    "Refuse (and record) every connection or name lookup that is not the loopback; fail the test if one was tried."
+    with loopback_only() as attempts: yield attempts
+    assert attempts == [], f"connections tried to leave the machine: {attempts}"
+
+@pytest.fixture(scope='session')
+def kaggle_demo_data(tmp_path_factory):
+    "A small demo Paddy dataset: the competition's data on the local Kaggle, and the reference for submissions."
+    return make_demo_paddy(tmp_path_factory.mktemp('kaggle-demo')/'paddy', n_train=80, n_test=12)
+
+@pytest.fixture
+def local_kaggle(kaggle_empty_home, kaggle_no_internet, kaggle_demo_data):
+    "A running `LocalKaggle` (user 'paddy-student') the environment points the real kaggle client at."
+    with LocalKaggle(competitions={COMP: kaggle_demo_data}, timeout=120) as lk: yield lk
