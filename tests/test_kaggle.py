@@ -94,6 +94,20 @@ def test_bad_titles_stop_everything_before_sending(local_kaggle, tmp_path):
     assert f"{COURSE[0].name}: the title 'Tiny' has 4 characters" in msg and msg.startswith('Nothing was sent')
     assert lk.requests == [] and not (tmp_path/'push').exists()
 
+def test_internet_off_needs_the_wheels_dataset(local_kaggle, tmp_path):
+    with pytest.raises(KaggleMetadataError, match='internet off.*pass `lib_dataset`'):
+        push_notebooks(notebooks=COURSE[:1], internet=False, lib_dataset=None, dest=tmp_path/'push')
+    assert local_kaggle.requests == []
+
+def test_never_overwrites_a_folder_it_did_not_write(local_kaggle, tmp_path):
+    mine = tmp_path/'push'/COURSE[0].stem
+    mine.mkdir(parents=True); (mine/'precious.txt').write_text('keep me')
+    with pytest.raises(PaddyError, match='was not written by paddy_lib'): push_notebooks(notebooks=COURSE[:1], dest=tmp_path/'push')
+    (tmp_path/'lib').mkdir(); (tmp_path/'lib'/'other.whl').write_text('keep me too')
+    with pytest.raises(PaddyError, match='was not written by paddy_lib'): push_lib_dataset(dest=tmp_path/'lib')
+    assert (mine/'precious.txt').read_text() == 'keep me' and (tmp_path/'lib'/'other.whl').read_text() == 'keep me too'
+    assert local_kaggle.requests == []
+
 def test_check_kernel_meta_rules():
     ok = dict(id='u/scaling-up-road-to-the-top-part-3', title='Scaling Up: Road to the Top, Part 3', code_file='a.ipynb',
               language='python', kernel_type='notebook', dataset_sources=['u/paddy-lib'], competition_sources=[COMP])
@@ -102,6 +116,7 @@ def test_check_kernel_meta_rules():
     assert 'lowercase letters' in check_kernel_meta({**ok, 'id': 'u/Road_to_top'})[0]
     assert "must be 'user/slug'" in check_kernel_meta({**ok, 'dataset_sources': ['paddy-lib']})[0]
     assert "competition's slug" in check_kernel_meta({**ok, 'competition_sources': ['competitions/x y']})[0]
+    assert 'apostrophe' in check_kernel_meta({**ok, 'title': "The seed's way", 'id': 'u/the-seed-s-way'})[0]
     assert 'needs `code_file`' in check_kernel_meta({k: v for k, v in ok.items() if k != 'code_file'})[0]
     assert all(len(kernel_title(nb)) <= 50 for nb in COURSE)
 
@@ -139,7 +154,8 @@ def test_push_lib_dataset_creates_then_versions(local_kaggle, tmp_path):
     assert (create['title'], create['licenseName'], create.get('isPrivate'), create['slug']) == \
            ('paddy_lib wheels', 'apache-2.0', True, 'paddy-lib')
     whl = next(dest.glob('paddy_lib-*.whl'))
-    import paddy_lib, paddy_lib.kaggle
+    import paddy_lib, paddy_lib.kaggle, importlib.metadata
+    assert sorted(first['requires']) == sorted(r for r in importlib.metadata.requires('paddy_lib') if 'extra ==' not in r)
     with zipfile.ZipFile(whl) as z:  # the wheel holds this checkout's library
         assert z.read('paddy_lib/kaggle.py') == Path(paddy_lib.kaggle.__file__).read_bytes()
         assert f"Version: {paddy_lib.__version__}" in z.read(f'paddy_lib-{paddy_lib.__version__}.dist-info/METADATA').decode()
@@ -175,11 +191,14 @@ def test_submit(local_kaggle, submission_csv, kaggle_demo_data):
     assert (s['competition'], s['file_name'], s['description']) == (COMP, 'submission.csv', 'all blast')
     assert s['data'] == submission_csv.read_bytes()
 
-def test_submit_checks_the_csv_before_sending(local_kaggle, submission_csv, kaggle_demo_data):
+def test_submit_checks_the_csv_before_sending(local_kaggle, submission_csv, kaggle_demo_data, monkeypatch):
     df = pd.read_csv(submission_csv)
     df.iloc[1:].to_csv(submission_csv, index=False)
     with pytest.raises(PaddyError, match='test images without a row'): submit(submission_csv, 'x', path=kaggle_demo_data)
     with pytest.raises(PaddyError, match='does not exist'): submit(submission_csv.with_name('nope.csv'), 'x', path=kaggle_demo_data)
+    monkeypatch.chdir(submission_csv.parent)  # no competition data here (HOME is empty too): submit needs `path`
+    monkeypatch.delenv('PADDY_DATA', raising=False)
+    with pytest.raises(PaddyError, match='pass `path`'): submit(submission_csv, 'x')
     assert local_kaggle.requests == []
 
 def test_submit_to_an_unknown_competition(local_kaggle, submission_csv, kaggle_demo_data):
