@@ -19,6 +19,15 @@ def test_course_notebooks_is_the_glob():
     assert COURSE, "no course notebooks found in nbs/"
     assert course_notebooks() == COURSE
 
+def test_course_root_without_an_editable_install(monkeypatch, tmp_path):
+    import paddy_lib
+    from paddy_lib.kaggle import course_root
+    monkeypatch.setattr(paddy_lib, '__file__', str(tmp_path/'site-packages'/'paddy_lib'/'__init__.py'))
+    monkeypatch.chdir(ROOT/'nbs')  # where nbdev-test runs a notebook: the checkout around it is found
+    assert course_root() == ROOT
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PaddyError, match='No paddy_lib source checkout found'): course_root()
+
 # --- notebooks ---
 
 @pytest.mark.parametrize('nb', COURSE, ids=[p.name for p in COURSE])
