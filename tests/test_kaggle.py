@@ -231,7 +231,17 @@ def test_no_credentials_is_a_clear_error(fn, kaggle_empty_home, kaggle_no_intern
     if fn == 'push_lib_dataset': assert list((tmp_path/'lib').glob('paddy_lib-*.whl'))
 
 def test_kaggle_api_without_credentials_never_exits(kaggle_empty_home):
-    with pytest.raises(KaggleCredentialsError): kaggle_api()  # not SystemExit, which pytest would report differently
+    with pytest.raises(KaggleCredentialsError, match='No Kaggle credentials found'): kaggle_api()
+    (kaggle_empty_home/'.kaggle').mkdir()
+    (kaggle_empty_home/'.kaggle'/'kaggle.json').write_text('{"username": "someone"}')  # no key: the client exit()s
+    with pytest.raises(KaggleCredentialsError, match='could not authenticate with them'): kaggle_api()
+    import builtins
+    monkey = builtins.__dict__.pop('exit', None)  # as in a Jupyter kernel, where IPython removes `exit`
+    try:
+        with pytest.raises(KaggleCredentialsError, match='could not authenticate with them'): kaggle_api()
+    finally:
+        if monkey is not None: builtins.exit = monkey
+    assert not hasattr(builtins, 'exit') or builtins.exit is monkey
 
 @pytest.mark.parametrize('fn', ['push_notebooks', 'push_lib_dataset', 'submit'])
 def test_unreachable_kaggle_keeps_local_files(fn, local_kaggle, submission_csv, kaggle_demo_data, tmp_path):
