@@ -8,7 +8,7 @@
 Notebooks are the source of truth; `nbs/_src/` is scratch (git-ignored, skipped by nbdev because of its `_`).
 Execution uses `nbdev-test --save`, so cells flagged `notest`/`slow`/`cuda` are skipped exactly as in CI.
 """
-import json, subprocess, sys
+import json, shutil, subprocess, sys
 from pathlib import Path
 
 KERNEL = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
@@ -30,7 +30,8 @@ def build(src):
     src = Path(src)
     out = src.parent.parent / (src.stem + ".ipynb")
     tmp = out.with_name("_tmp_" + out.name)   # `_` keeps a half-written notebook away from other exports
-    sh("jupytext", "--quiet", "--to", "ipynb", str(src), "-o", str(tmp))
+    if out.exists(): shutil.copy(out, tmp)  # --update keeps the cell ids (and so the diffs small) of cells that didn't change
+    sh("jupytext", "--quiet", "--to", "ipynb", *(["--update"] if tmp.exists() else []), str(src), "-o", str(tmp))
     tidy(tmp)
     tmp.replace(out)
     run(out)
