@@ -59,8 +59,8 @@ class GradAccum(Callback):
     def before_batch(self):
         "Put the schedule where one big batch per step would be, so hyper-parameters change once per optimizer step."
         if self.count == 0:
-            self.grp_pct = (self.learn.pct_train if self.epoch_steps is None
-                            else (self.epoch + self.step/self.epoch_steps)/self.n_epoch)
+            known = self.epoch_steps is not None and self.step < self.epoch_steps
+            self.grp_pct = (self.epoch + self.step/self.epoch_steps)/self.n_epoch if known else self.learn.pct_train
         self.true_pct,self.learn.pct_train,self.swapped = self.learn.pct_train,self.grp_pct,True
 
     def after_loss(self):
