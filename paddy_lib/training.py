@@ -111,6 +111,7 @@ def paddy_learner(arch:str,                   # timm model name (the seed's name
                   metrics=error_rate,         # metrics, as for `vision_learner`
                   cbs=None,                   # more callbacks
                   dls=None,                   # ready DataLoaders: skips building them (and `path`, `bs`, ...)
+                  num_workers:int|None=None,  # DataLoader worker processes (None: fastai's default, one per CPU)
                   **kwargs,                   # passed to `vision_learner`, and through it to timm (e.g. `img_size=` for a ViT)
                  )->Learner:
     "The seed's DataLoaders and `vision_learner`, with `eff_bs` items per step at any `accum`, `GradAccum`, and device precision."
@@ -122,7 +123,8 @@ def paddy_learner(arch:str,                   # timm model name (the seed's name
         bs = eff_bs // accum
     if dls is None:
         if path is None: path = paddy_data()
-        dls = paddy_dls(path, size, item=item, bs=bs, valid_pct=valid_pct, seed=seed, trn_path=trn_path, splitter=splitter)
+        dls = paddy_dls(path, size, item=item, bs=bs, valid_pct=valid_pct, seed=seed, trn_path=trn_path, splitter=splitter,
+                        **({} if num_workers is None else dict(num_workers=num_workers)))
     if len(dls.train) == 0:
         raise PaddyError(f"{len(dls.train_ds)} training images make no full batch of {dls.train.bs} (fastai drops the "
                          f"last partial batch when training): train on more images, or lower `eff_bs` or `bs`.")

@@ -1,0 +1,55 @@
+"Fast checks of paddy_lib.training on the demo data: names, precision, errors, and one tiny `train` run."
+import warnings
+import pytest, torch
+from fastai.vision.all import Callback, Resize, MixedPrecision, find_bs
+from paddy_lib.data import PaddyError, make_demo_paddy
+from paddy_lib.training import TIMM_RENAMES, timm_arch, precision_for, paddy_learner, train, StopAfter
+
+TINY, ITEM = 'test_resnet', Resize(48, method='squish')
+
+@pytest.fixture(scope='module')
+def path(): return make_demo_paddy()
+
+class StepItems(Callback):
+    order = 98
+    def __init__(self): self.sizes, self.n = [], 0
+    def after_loss(self):
+        if self.training: self.n += find_bs(self.yb)
+    def after_step(self): self.sizes.append(self.n); self.n = 0
+
+def test_timm_arch(capsys):
+    assert timm_arch('convnext_small_in22k') == 'convnext_small.fb_in22k'
+    assert 'convnext_small_in22k' in capsys.readouterr().out
+    assert timm_arch('resnet18') == 'resnet18' and capsys.readouterr().out == ''
+    assert timm_arch('vit_large_patch16_224', verbose=False) == TIMM_RENAMES['vit_large_patch16_224']
+    with pytest.raises(PaddyError, match='Close matches'): timm_arch('convnext_smal_in22k')
+    with pytest.raises(PaddyError, match='tags are'): timm_arch('resnet18.nope')
+
+def test_precision_for():
+    assert precision_for('cpu') == 'fp32'
+    with pytest.raises(PaddyError, match='CUDA'): precision_for('cpu', 'bf16')
+    with pytest.raises(PaddyError, match='use one of'): precision_for('cpu', 'half')
+
+def test_paddy_learner_errors(path):
+    with pytest.raises(PaddyError, match='does not divide'): paddy_learner(TINY, 32, item=ITEM, accum=3, path=path)
+    with pytest.raises(PaddyError, match='positive int'): paddy_learner(TINY, 32, item=ITEM, accum=0, path=path)
+    small = path/'train_images'/'bacterial_panicle_blight'
+    with pytest.raises(PaddyError, match='no full batch'): paddy_learner(TINY, 32, item=ITEM, path=path, trn_path=small)
+    with pytest.raises(PaddyError, match='positive int'): StopAfter(0)
+
+def test_paddy_learner_cpu(path):
+    learn = paddy_learner(TINY, 32, item=ITEM, accum=4, path=path, seed=1, num_workers=0)
+    assert learn.dls.bs == 16 and learn.grad_accum.n_acc == 64 and learn.pretrained is False
+    assert not any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
+
+def test_train_demo(path):
+    "The seed's return values, 64 items per step, no mixed-precision warnings on a CPU."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        learn, (preds, targs) = train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, seed=0, num_workers=0,
+                                      return_learner=True, cbs=StepItems())
+    assert not [w for w in caught if any(s in str(w.message) for s in ('autocast', 'GradScaler', 'amp'))]
+    assert preds.shape == (40, 10) and targs is None
+    assert torch.allclose(preds.sum(1), torch.ones(40), atol=1e-5)
+    assert learn.step_items.sizes == [64, 64, 64, 32]*2  # fine_tune's two fits: 7 batches of 32 each, the last flushed
+    assert train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, finetune=False, n_batches=2, num_workers=0) is None
