@@ -26,12 +26,10 @@ TIMM_RENAMES = {  # the course's timm 0.6 names -> today's `architecture.tag` fo
     'convnext_small_in22k':          'convnext_small.fb_in22k',
     'convnext_base_in22k':           'convnext_base.fb_in22k',
     'convnext_large_in22k':          'convnext_large.fb_in22k',
-    'vit_small_patch16_224':         'vit_small_patch16_224.augreg_in21k_ft_in1k',
     'vit_large_patch16_224':         'vit_large_patch16_224.augreg_in21k_ft_in1k',
     'vit_large_patch16_224_in21k':   'vit_large_patch16_224.augreg_in21k',
     'swinv2_base_window12_192_22k':  'swinv2_base_window12_192.ms_in22k',
     'swinv2_large_window12_192_22k': 'swinv2_large_window12_192.ms_in22k',
-    'swin_small_patch4_window7_224': 'swin_small_patch4_window7_224.ms_in22k_ft_in1k',
     'swin_large_patch4_window7_224': 'swin_large_patch4_window7_224.ms_in22k_ft_in1k',
     'swin_large_patch4_window7_224_in22k': 'swin_large_patch4_window7_224.ms_in22k',
 }
@@ -47,6 +45,7 @@ def timm_arch(name:str,          # a timm model name: today's (`convnext_small.f
              )->str:             # the name today's timm knows
     "Map the course's timm 0.6 model names to today's timm names (with a note); check that timm knows the result."
     if not isinstance(name, str): raise PaddyError(f"timm_arch({name!r}): pass a timm model name (a str), e.g. 'resnet18'.")
+    if name.startswith(('hf-hub:', 'hf_hub:')): return name  # a Hugging Face Hub model: timm resolves it
     new = TIMM_RENAMES.get(name) or _timm_deprecated().get(name)
     if new:
         if verbose: print(f"timm_arch: '{name}' (the course's timm 0.6 name) is '{new}' in timm {timm.__version__}")
@@ -148,7 +147,7 @@ def train(arch:str,                          # timm model name (the seed's names
           trn_path:str|Path|None=None,       # train on this folder instead of train_images/
           eff_bs:int=64,                     # items per optimizer step
           seed:int|None=None,                # split seed (None: a new split each call, for ensembling)
-          n_batches:int|None=None,           # stop after this many training batches (a memory probe)
+          n_batches:int|None=None,           # stop training after this many batches (a memory probe; TTA still runs if fine-tuning)
           return_learner:bool=False,         # return `(learn, tta)` instead of the seed's `tta`
           tst_files=None,                    # test images for TTA (default: `get_test_files(path)`)
           cbs=None,                          # more callbacks
