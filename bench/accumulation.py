@@ -104,6 +104,28 @@ def exactness(dev):
                              worst_norm_ratio=max((r['norm'] for r in steps), key=lambda v: abs(v-1))))
     return rows
 
+class TimedGradAccum(GradAccum):
+    "`GradAccum` that adds up the process CPU time spent in its own event handlers."
+    spent = 0.
+    def _timed(name):
+        def f(self):
+            c = time.process_time()
+            try: getattr(GradAccum, name)(self)
+            finally: TimedGradAccum.spent += time.process_time()-c
+        f.__name__ = name
+        return f
+    before_fit, before_train, before_batch = _timed('before_fit'), _timed('before_train'), _timed('before_batch')
+    after_loss, before_step, after_batch = _timed('after_loss'), _timed('before_step'), _timed('after_batch')
+
+def in_callback_share(dev, n, sizes, n_acc, repeats):
+    "Median share of the training epoch's CPU time spent inside GradAccum's handlers."
+    x, y, shares = *data(n), []
+    for r in range(repeats):
+        TimedGradAccum.spent, tt = 0., TrainTime(dev)
+        quiet_fit(learner(x, y, sizes, [TimedGradAccum(n_acc), tt], dev))
+        shares.append(TimedGradAccum.spent/tt.cpu[0])
+    return statistics.median(shares)
+
 CONFIGS = [('bs16 no callback (accum=1)', [16], lambda: []),
            ('bs16 GradAccum(16) (accum=1)', [16], lambda: [GradAccum(16)]),
            ('bs16 GradAccum(64) (accum=4)', [16], lambda: [GradAccum(64)]),
@@ -127,8 +149,8 @@ def throughput(dev, n, repeats):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--items', type=int, default=1536, help='training items per timed epoch')
-    p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--items', type=int, default=1024, help='training items per timed epoch')
+    p.add_argument('--repeats', type=int, default=15)
     p.add_argument('--threads', type=int, default=1,
                    help='CPU threads for torch (1 by default: on a busy 2-core machine, 2 threads spin-wait on each other)')
     p.add_argument('--out', default=str(ROOT/'bench'/'results'/'accumulation'))
@@ -158,10 +180,14 @@ def main():
         r['ratio'], r['cpu_ratio'] = r['items_per_s']/base['items_per_s'], r['items_per_cpu_s']/base['items_per_cpu_s']
         tl.append(f"{name:42} {r['wall_s']:7.3f} {r['items_per_s']:8.0f} {r['ratio']:6.3f} {r['cpu_s']:7.3f} "
                   f"{r['items_per_cpu_s']:11.0f} {r['cpu_ratio']:6.3f}")
-    k4, k1 = tp['bs16 GradAccum(64) (accum=4)'], tp['bs16 GradAccum(16) (accum=1)']
+    k4, k1 = tp['bs16 GradAccum(64) (accum=4)'], tp['bs16 no callback (accum=1)']
     acc4, acc4_cpu = k4['items_per_s']/k1['items_per_s'], k4['items_per_cpu_s']/k1['items_per_cpu_s']
-    tl += ['', f'GradAccum accum=4 vs accum=1 at micro-batch 16, items/s ratio: {acc4:.3f} by wall time, {acc4_cpu:.3f} by CPU time',
+    share16, share48 = in_callback_share(dev, a.items, [16], 64, 5), in_callback_share(dev, a.items, [48], 64, 5)
+    tl += ['', f'GradAccum accum=4 vs accum=1 (no callback) at micro-batch 16, items/s ratio: {acc4:.3f} by wall time, '
+               f'{acc4_cpu:.3f} by CPU time',
            '(ratio > 1: accumulating is faster, it makes one optimizer step per 4 micro-batches; overhead = 1 - ratio when < 1)',
+           f'CPU time inside GradAccum\'s own handlers, share of the training epoch: {share16*100:.2f}% at bs16/GradAccum(64), '
+           f'{share48*100:.2f}% at bs48/GradAccum(64) (rescaling every step)',
            f'bench wall time {time.time()-t0:.0f} s']
     print(*tl, sep='\n')
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +207,8 @@ def main():
                 w.writerow([dn, 'throughput', name, '', k, f"{r[k]:.4f}"])
         w.writerow([dn, 'throughput', 'accum=4 vs accum=1, micro-batch 16', 'GradAccum', 'items_per_s_ratio', f'{acc4:.4f}'])
         w.writerow([dn, 'throughput', 'accum=4 vs accum=1, micro-batch 16', 'GradAccum', 'items_per_cpu_s_ratio', f'{acc4_cpu:.4f}'])
+        w.writerow([dn, 'overhead', 'bs16 GradAccum(64)', 'GradAccum', 'cpu_share_in_handlers', f'{share16:.5f}'])
+        w.writerow([dn, 'overhead', 'bs48 GradAccum(64)', 'GradAccum', 'cpu_share_in_handlers', f'{share48:.5f}'])
     try:
         import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(8, 3.5))

@@ -42,45 +42,54 @@ def _n_steps(sizes:list, n_acc:int)->int:
 class GradAccum(Callback):
     "Accumulate gradients over micro-batches until `n_acc` items, then step once on the exact mean gradient of those items."
     order,run_valid = MixedPrecision.order-4,False  # before `MixedPrecision` unscales (and may skip) the step
+    _own = frozenset('n_acc count step swapped grp_pct true_pct bs ref epoch_steps sizes warned'.split())
     def __init__(self, n_acc:int=64): # items per optimizer step: it steps once at least `n_acc` items are accumulated
         if isinstance(n_acc, bool) or not isinstance(n_acc, numbers.Integral) or n_acc < 1:
             raise PaddyError(f"GradAccum(n_acc={n_acc!r}): `n_acc` counts items per optimizer step and must be a "
                              "positive int, e.g. `GradAccum(64)` with `bs=64//accum`.")
         self.n_acc = int(n_acc)
 
+    def __setattr__(self, name, value):
+        # our bookkeeping never shadows a `Learner` attribute: skip fastai's check for it (~10µs a set, several a batch)
+        if name in GradAccum._own: object.__setattr__(self, name, value)
+        else: super().__setattr__(name, value)
+
     def before_fit(self): self.count,self.sizes,self.warned = 0,[],False
     def before_train(self):
         "Start every epoch, so every `fit`, with no gradients left over; count this epoch's optimizer steps."
         self.count,self.step,self.swapped = 0,0,False
-        sizes = _batch_sizes(self.dls.train)
+        sizes = _batch_sizes(self.learn.dls.train)
         self.epoch_steps = _n_steps(sizes, self.n_acc) if sizes else None
         self.learn.model.zero_grad(set_to_none=True)
 
     def before_batch(self):
         "Put the schedule where one big batch per step would be, so hyper-parameters change once per optimizer step."
+        learn = self.learn
         if self.count == 0:
             known = self.epoch_steps is not None and self.step < self.epoch_steps
-            self.grp_pct = (self.epoch + self.step/self.epoch_steps)/self.n_epoch if known else self.learn.pct_train
-        self.true_pct,self.learn.pct_train,self.swapped = self.learn.pct_train,self.grp_pct,True
+            self.grp_pct = (learn.epoch + self.step/self.epoch_steps)/learn.n_epoch if known else learn.pct_train
+        self.true_pct,learn.pct_train,self.swapped = learn.pct_train,self.grp_pct,True
 
     def after_loss(self):
         "Weight this micro-batch's mean loss by its share of the group (the logged `learn.loss` stays the true loss)."
-        self.bs = find_bs(self.learn.yb)
+        learn = self.learn
+        self.bs = bs = find_bs(learn.yb)
         if self.count == 0:
-            self.ref = max(self.n_acc, self.bs)
-            if self.bs > self.n_acc and not self.warned:
+            self.ref = max(self.n_acc, bs)
+            if bs > self.n_acc and not self.warned:
                 self.warned = True
-                warnings.warn(f"GradAccum(n_acc={self.n_acc}) with batches of {self.bs} items: every batch steps on "
+                warnings.warn(f"GradAccum(n_acc={self.n_acc}) with batches of {bs} items: every batch steps on "
                               "its own, nothing is accumulated. `n_acc` counts items, not batches: for 64 items per "
                               "step with `bs=64//accum`, use `GradAccum(64)`.", stacklevel=2)
-        if self.bs != self.ref: self.learn.loss_grad = self.learn.loss_grad * (self.bs/self.ref)
+        if bs != self.ref: learn.loss_grad = learn.loss_grad * (bs/self.ref)
 
     def before_step(self):
         "Skip the step until `n_acc` items or the epoch's last batch; then make the gradient the group's mean."
+        learn = self.learn
         self.count += self.bs
-        if self.count < self.n_acc and self.iter < self.n_iter-1: raise CancelBatchException()
+        if self.count < self.n_acc and learn.iter < learn.n_iter-1: raise CancelBatchException()
         if self.count != self.ref:
-            torch._foreach_mul_([p.grad for p in self.learn.model.parameters() if p.grad is not None], self.ref/self.count)
+            torch._foreach_mul_([p.grad for p in learn.model.parameters() if p.grad is not None], self.ref/self.count)
         self.sizes.append(self.count)
         self.count,self.step = 0,self.step+1
 
