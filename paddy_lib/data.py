@@ -118,8 +118,9 @@ def kaggle_credentials() -> Path|str|None:
     "Where the Kaggle client would find credentials (env vars or a `kaggle.json`), or None."
     if os.environ.get('KAGGLE_USERNAME') and os.environ.get('KAGGLE_KEY'): return 'KAGGLE_USERNAME/KAGGLE_KEY'
     if os.environ.get('KAGGLE_API_TOKEN'): return 'KAGGLE_API_TOKEN'
-    cfg = Path(os.environ.get('KAGGLE_CONFIG_DIR', Path.home()/'.kaggle')).expanduser()
-    for f in (cfg/'kaggle.json', cfg/'access_token'):
+    dirs = ([Path(os.environ['KAGGLE_CONFIG_DIR']).expanduser()] if os.environ.get('KAGGLE_CONFIG_DIR') else
+            [Path.home()/'.kaggle', Path(os.environ.get('XDG_CONFIG_HOME', Path.home()/'.config'))/'kaggle'])
+    for f in [d/'kaggle.json' for d in dirs] + [Path.home()/'.kaggle'/'access_token']:
         if f.exists(): return f
     return None
 
@@ -135,8 +136,8 @@ def _download(comp, dest):
     "Download and unzip `comp` into `dest` with the kaggle client; never let its `SystemExit` escape."
     if kaggle_credentials() is None: raise PaddyDataError(f"No Kaggle credentials, so {comp} can't be downloaded. {_CRED_HELP}")
     try:
-        from kaggle import api
-        api.competition_download_cli(comp, path=str(dest.parent))
+        from paddy_lib.kaggle import kaggle_api  # a fresh client for today's environment (07_kaggle explains why)
+        kaggle_api().competition_download_cli(comp, path=str(dest.parent))
     except (SystemExit, Exception) as e:  # the client exits or raises on bad credentials, rules not accepted, no network
         raise PaddyDataError(f"Downloading {comp} from Kaggle failed ({type(e).__name__}: {e}). Check your credentials, "
                              f"that you accepted the competition's rules on its Kaggle page, and your connection.") from e
