@@ -1,0 +1,81 @@
+"The `paddy` command as a user runs it: a separate process, killed and run again, exit codes and messages."
+import os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from paddy_lib.cli import main, COMMANDS
+from paddy_lib.data import make_demo_paddy, LABELS
+
+PADDY = [sys.executable, '-m', 'paddy_lib.cli']
+
+
+def paddy(*args, env=None, **kw):
+    return subprocess.run([*PADDY, *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}, **kw)
+
+
+def test_help_lists_every_command():
+    r = paddy('--help')
+    assert r.returncode == 0, r.stderr
+    for c in COMMANDS: assert f'\n  {c} ' in r.stdout
+    assert paddy().returncode == 2          # no command: the usage, and the usage-error status
+
+
+@pytest.mark.parametrize('cmd', list(COMMANDS))
+def test_each_command_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e: main([cmd, '--help'])   # argparse's own exit, status 0
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f'usage: paddy {cmd}')
+
+
+def test_console_script_installed():
+    exe = shutil.which('paddy')
+    if exe is None: pytest.skip('the package is not installed (pip install -e .), so there is no `paddy` script')
+    r = subprocess.run([exe, '--help'], capture_output=True, text=True)
+    assert r.returncode == 0 and 'paddy demo' not in r.stderr and '  demo ' in r.stdout
+
+
+def test_unknown_command_and_bad_input(tmp_path, capsys):
+    assert main(['demoo']) == 2
+    assert "did you mean 'demo'" in capsys.readouterr().err
+    (tmp_path/'members.json').write_text('[{"arch": "resnet18", "item": ["squish", 96], "size": 64, "wieght": 2}]')
+    assert main(['ensemble', '--path', str(tmp_path), '--configs', str(tmp_path/'members.json')]) == 1
+    err = capsys.readouterr().err
+    assert 'Unknown member field(s) wieght' in err and 'Traceback' not in err
+    assert main(['check', '--path', str(tmp_path)]) == 1
+    assert 'is missing train.csv' in capsys.readouterr().err
+
+
+def test_demo_killed_after_first_member_resumes_and_writes_submission(tmp_path):
+    "The main job: `paddy demo`, killed (SIGKILL) once its first member is saved, then run again to the end."
+    env = {'PADDY_DEMO': str(tmp_path/'demo'), 'PADDY_SCALE': 'demo'}
+    out = tmp_path/'out'
+    args = [*PADDY, 'demo', '--out', str(out), '--epochs', '1', '--no-progress']
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
+    try:
+        deadline = time.time() + 300
+        while not list((out/'members').glob('*.pt')) and p.poll() is None and time.time() < deadline: time.sleep(0.2)
+        assert p.poll() is None, f'paddy demo ended before it could be killed:\n{p.stdout.read()}'
+        p.kill()                     # no cleanup, no handler: what a crash or a killed Kaggle session does
+    finally:
+        p.wait()
+    first = {f.name: f.stat().st_mtime_ns for f in (out/'members').glob('*.pt')}
+    assert len(first) == 1, first
+    assert not (out/'submission.csv').exists()
+
+    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count('already done') == 1, r.stdout
+    for name, mtime in first.items(): assert (out/'members'/name).stat().st_mtime_ns == mtime   # not trained again
+    assert len(list((out/'members').glob('*.pt'))) == 3
+    assert 'ensemble: weighted average' in r.stdout
+
+    sub = pd.read_csv(out/'submission.csv')
+    ss = pd.read_csv(tmp_path/'demo'/'sample_submission.csv')
+    assert list(sub.columns) == ['image_id', 'label']
+    assert list(sub.image_id) == list(ss.image_id)         # one row per test image, in sample_submission's order
+    assert set(sub.label) <= set(LABELS)
+    records = pd.read_csv(out/'records.csv')
+    assert records.status.tolist() == ['loaded', 'trained', 'trained']
+    assert (records.accum == 2).all()

@@ -1,0 +1,185 @@
+"""paddy_lib.memory: peak_memory, free_learner, report_gpu, and find_accum's search (on a stand-in for `measure`)."""
+import io, math
+from contextlib import redirect_stdout
+from pathlib import Path
+import pytest, torch
+from torch import nn
+from fastai.basics import Learner, DataLoaders, DataLoader, Adam, MSELossFlat
+import paddy_lib.memory as pm_mod
+from paddy_lib.memory import (MiB, peak_memory, rss_mib, collect, free_learner, report_gpu, find_accum, BudgetError,
+                              AccumChoice, _accums, _is_oom, HWM_OK)
+from paddy_lib.data import PaddyError
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+
+@pytest.mark.parametrize('sampler', [None, True])
+def test_peak_memory_cpu(sampler):
+    with peak_memory('cpu', sampler=sampler) as pm:
+        x = torch.ones(128*MiB//4); del x
+    assert abs(pm.used - 128) < 8 and pm.end - pm.baseline < 8
+    assert pm.method == ('sampled' if sampler or not HWM_OK else 'VmHWM')
+    assert 'peak' in repr(pm) and 'MiB' in repr(pm)
+
+def test_peak_memory_nested_and_decorator():
+    @peak_memory('cpu')
+    def f(mib): return torch.ones(mib*MiB//4).sum().item()
+    with peak_memory('cpu') as outer:
+        f(200)
+        with peak_memory('cpu') as inner:
+            y = torch.ones(50*MiB//4); del y
+    assert abs(f.mem.used - 200) < 8 and abs(inner.used - 50) < 8
+    assert abs(outer.used - 200) < 8  # the inner block's reset of the kernel's counter did not hide the earlier peak
+
+def test_peak_memory_bad_device():
+    with pytest.raises(PaddyError, match="only 'cpu' and 'cuda'"): peak_memory('meta')
+    if not torch.cuda.is_available():
+        with pytest.raises(PaddyError, match='CUDA is not available'): peak_memory('cuda')
+
+def test_is_oom():
+    try: torch.empty(2**48, dtype=torch.uint8)  # 256 TiB: more than any machine maps
+    except RuntimeError as e: assert _is_oom(e)
+    else: pytest.fail('a 256 TiB allocation succeeded')
+    assert _is_oom(torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB'))
+    assert _is_oom(MemoryError())
+    assert not _is_oom(RuntimeError('mat1 and mat2 shapes cannot be multiplied')) and not _is_oom(ValueError('x'))
+
+def test_accums():
+    assert _accums(64, 2) == [1, 2, 4, 8, 16, 32]
+    assert _accums(48, 2) == [1, 2, 4, 8, 16]
+    assert _accums(64, 1)[-1] == 64
+
+def _learner(n=2048):
+    "A learner whose weights, gradients and Adam state are big enough to see: 4 × 16 MiB for n=2048."
+    x = torch.randn(64, n)
+    dls = DataLoaders(DataLoader(list(zip(x, x)), bs=16), DataLoader(list(zip(x, x)), bs=16))
+    learn = Learner(dls, nn.Linear(n, n), loss_func=MSELossFlat(), opt_func=Adam)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    return learn
+
+def test_free_learner():
+    free_learner(_learner())  # a first fit in a process leaves one-off costs (code, caches); measure the second
+    collect(); base = rss_mib()
+    learn = _learner()
+    assert rss_mib() - base > 48  # weights, gradients, Adam's two states
+    free_learner(learn)
+    assert learn.opt is None and learn.model is None and learn.dls is None and not learn.cbs
+    assert rss_mib() - base < 16
+
+def test_free_learner_keep_model():
+    learn = _learner(64)
+    free_learner(learn, keep_model=True)
+    assert learn.opt is None and all(p.grad is None for p in learn.model.parameters())
+    assert 'xb' not in learn.__dict__ and 'pred' not in learn.__dict__
+    preds, _ = learn.get_preds()  # still usable for inference
+    assert preds.shape == (len(learn.dls.valid_ds), 64)
+
+def test_free_learner_bad_input():
+    with pytest.raises(PaddyError, match='needs a fastai Learner'): free_learner(nn.Linear(2, 2))
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU message')
+def test_report_gpu_without_cuda():
+    with redirect_stdout(io.StringIO()) as out: assert report_gpu() is None
+    assert out.getvalue().startswith('No CUDA GPU here') and 'MiB of CPU memory' in out.getvalue()
+
+# find_accum's search, on a stand-in for `measure` that returns a known peak curve (no training): these check the
+# decisions (line, pick, confirmation, checks, out-of-memory recovery, the impossible case); the notebook runs the
+# real thing.
+
+def _fake_measure(curve, calls, oom_above=math.inf):
+    "A `measure` whose peak at `eff_bs` items per micro-batch is `curve(m)`, running out of memory above `oom_above`."
+    def measure(arch, size, accum=1, eff_bs=64, n_batches=None, grad_ckpt=False, **kwargs):
+        m = eff_bs // accum
+        calls.append((m, grad_ckpt))
+        oom = 'OutOfMemoryError: CUDA out of memory' if m > oom_above else None
+        peak = math.nan if oom else curve(m) * (0.7 if grad_ckpt else 1)
+        return dict(arch=arch, size=size, accum=accum, bs=m, grad_ckpt=grad_ckpt, peak_mib=peak, baseline_mib=1000,
+                    used_mib=peak-1000, end_mib=1000, oom=oom, batches=2, items_per_s=100/(1.3 if grad_ckpt else 1),
+                    seconds=1.0, device='test')
+    return measure
+
+BASE = 20_000  # MiB: above this test process's own memory, so the CPU budget check passes
+
+@pytest.fixture
+def fake(monkeypatch):
+    def install(curve, oom_above=math.inf):
+        calls = []
+        monkeypatch.setattr(pm_mod, 'measure', _fake_measure(curve, calls, oom_above))
+        return calls
+    return install
+
+def _find(budget, **kw): return find_accum('resnet18', 128, budget_mib=budget, path=Path('.'), trn_path='x', device='cpu',
+                                           verbose=False, **kw)
+
+def test_find_accum_linear(fake):
+    calls = fake(lambda m: BASE + 100*m)                      # the line is exact
+    c = _find(BASE + 100*20)                                  # 16 items fit, 32 don't
+    assert isinstance(c, AccumChoice) and c == 4 and c.measured <= BASE + 2000
+    assert [m for m, _ in calls] == [8, 32, 16]               # two probes, one confirmation
+    assert math.isclose(c.fixed_mib, BASE) and math.isclose(c.per_item_mib, 100) and math.isclose(c.predicted, c.measured)
+    assert math.isclose(c.predict(1), BASE + 6400)
+
+def test_find_accum_line_wrong(fake):
+    calls = fake(lambda m: BASE + 100*m + (5000 if m >= 16 else 0))  # a jump the line can't see: the pick doesn't fit
+    c = _find(BASE + 4000)                                    # line (from 8, 32) predicts 16 fits; it doesn't
+    assert c == 8 and [m for m, _ in calls] == [8, 32, 16]    # came down to 8, already measured
+
+def test_find_accum_checks_close_calls(fake):
+    calls = fake(lambda m: BASE + 100*m + (200 if m == 32 else 0))  # a bump at 32 tilts the line
+    c = _find(BASE + 100*16 + 50)                             # the line says 16 is just over: within tol, so probed
+    assert c == 4 and 16 in [m for m, _ in calls]
+
+def test_find_accum_oom_recovery(fake):
+    calls = fake(lambda m: BASE + 100*m, oom_above=16)
+    c = _find(10**6)                                          # any peak fits; only the OOM stops it
+    assert c == 4 and c.probes.oom.notna().sum() >= 1
+    assert [m for m, _ in calls][:3] == [8, 32, 16]           # 32 ran out of memory, so the line uses 16
+
+def test_find_accum_small_probe_too_big(fake):
+    calls = fake(lambda m: BASE + 1000*m)
+    c = _find(BASE + 4500)                                    # 8 items: 28,000 > budget; 4 items: 24,000 fits
+    assert c == 16 and [m for m, _ in calls] == [8, 4]
+
+def test_find_accum_impossible(fake):
+    calls = fake(lambda m: BASE + 1000*m)
+    with pytest.raises(BudgetError, match=r'does not fit .* even with 2 items per micro-batch \(accum=32'):
+        _find(BASE + 500)
+    assert [m for m, _ in calls] == [8, 4, 2]
+
+def test_find_accum_grad_ckpt(fake):
+    fake(lambda m: BASE + 100*m)
+    c = _find(BASE + 100*20, grad_ckpt=True)
+    assert c == 4 and math.isclose(c.ckpt['saved_mib'], 0.3*(BASE + 1600)) and math.isclose(c.ckpt['time_ratio'], 1.3)
+    assert c.ckpt['half_accum_fits'] is True                  # 32 items with checkpointing: 0.7 × 23,200 < 22,000
+
+def test_find_accum_bad_input():
+    with pytest.raises(PaddyError, match='positive number'): _find(-1)
+    with pytest.raises(PaddyError, match='positive number'): _find('16GB')
+    with pytest.raises(PaddyError, match='items per optimizer step'): _find(BASE, eff_bs=1)
+    with pytest.raises(PaddyError, match='two different micro-batch sizes'): _find(BASE, probe_bs=(8, 8))
+    with pytest.raises(BudgetError, match='less than this process already holds'): _find(10)
+
+@cuda
+def test_peak_memory_cuda():
+    with peak_memory('cuda') as pm:
+        x = torch.ones(256*MiB//4, device='cuda'); del x
+    assert abs(pm.peak_allocated - torch.cuda.memory_allocated()/MiB - 256) < 2
+    assert pm.peak_reserved >= pm.peak_allocated and pm.overhead > 0 and pm.peak >= pm.peak_reserved
+
+@cuda
+def test_find_accum_cuda_fraction_restored(fake):
+    fake(lambda m: 2000 + 10*m)
+    before = getattr(torch.cuda, 'get_per_process_memory_fraction', lambda d: None)(torch.cuda.current_device())
+    c = find_accum('resnet18', 128, budget_mib=4000, path=Path('.'), trn_path='x', verbose=False)
+    assert c == 1
+    after = getattr(torch.cuda, 'get_per_process_memory_fraction', lambda d: None)(torch.cuda.current_device())
+    assert before == after
+
+def test_measure_needs_enough_batches():
+    from paddy_lib.data import paddy_data, smallest_label
+    from paddy_lib.memory import measure
+    path = paddy_data('demo')
+    small = path/'train_images'/smallest_label(path)  # 10 images: 8 to train on
+    with pytest.raises(PaddyError, match='fewer than the n_batches=3'):
+        measure('resnet18', 64, accum=2, eff_bs=8, trn_path=small, path=path, device='cpu')
+    with pytest.raises(PaddyError, match='accum is a positive int dividing eff_bs'):
+        measure('resnet18', 64, accum=3, path=path)

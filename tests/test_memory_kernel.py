@@ -1,0 +1,79 @@
+"""Run nbs/03_memory.ipynb in a real Jupyter kernel (nbclient + ipykernel), so that its ipyexperiments cells run.
+
+`nbdev-test` executes notebooks in its own shell, where ipyexperiments can't work (it reads the kernel's namespace and
+hooks cell execution), so there the notebook skips those cells. Here they run, on a copy of the notebook in a temporary
+folder, with the cells `nbdev-test` skips (`#| cuda`, `#| slow`, `#| notest`, `#| eval: false`) left out the same way.
+"""
+import os, re
+from pathlib import Path
+import pytest
+
+nbformat = pytest.importorskip('nbformat')
+nbclient = pytest.importorskip('nbclient')
+pytest.importorskip('ipykernel')
+pytest.importorskip('ipyexperiments')
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = ROOT/'nbs'/'03_memory.ipynb'
+KERNEL = 'python3'  # the kernel ipykernel installs
+SKIPPED = re.compile(r'^\s*#\s*\|\s*(?:(?:cuda|slow|notest)\s*$|eval:\s*false)', re.M)
+
+def _text(cell) -> str:
+    "Everything a cell printed or displayed, as text."
+    out = []
+    for o in cell.get('outputs', []):
+        if o.output_type == 'stream': out.append(o.text)
+        elif o.output_type in ('execute_result', 'display_data'): out.append(o.data.get('text/plain', ''))
+        elif o.output_type == 'error': out.append('\n'.join(o.traceback))
+    return ''.join(out)
+
+def _cell(nb, snippet):
+    "The one code cell whose source contains `snippet`."
+    cells = [c for c in nb.cells if c.cell_type == 'code' and snippet in c.source]
+    assert len(cells) == 1, f"{len(cells)} cells contain {snippet!r}"
+    return cells[0]
+
+@pytest.fixture(scope='module')
+def executed(tmp_path_factory):
+    "The notebook, executed top to bottom in a fresh `python3` kernel, in a temporary folder."
+    try: KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel: pytest.skip(f"no {KERNEL!r} Jupyter kernel: `pip install ipykernel`")
+    nb = nbformat.read(NB, as_version=4)
+    nb.cells = [c for c in nb.cells if c.cell_type != 'code' or not SKIPPED.search(c.source)]
+    for c in nb.cells:
+        if c.cell_type == 'code': c.outputs, c.execution_count = [], None
+    work = tmp_path_factory.mktemp('nb')
+    nbformat.write(nb, work/NB.name)  # a copy: the committed notebook is never touched
+    with pytest.MonkeyPatch.context() as mp:  # the kernel imports this checkout's paddy_lib, installed or not
+        mp.setenv('PYTHONPATH', os.pathsep.join([str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])]))
+        nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=900, resources={'metadata': {'path': str(work)}}).execute()
+    return nb
+
+def test_runs_in_a_real_kernel(executed):
+    "The kernel is a real ipykernel: the notebook's own check says so, and every kept cell ran without error."
+    assert all(c.execution_count for c in executed.cells if c.cell_type == 'code' and c.source.strip())
+    assert not any(o.output_type == 'error' for c in executed.cells for o in c.get('outputs', []))
+    start = _text(_cell(executed, 'exp = IPyExperimentsCPU()'))
+    assert 'Not in a Jupyter kernel' not in start
+
+def test_ipyexperiments_cells_ran(executed):
+    "The experiment started, logged the cells inside it, and on finishing deleted their variables and reported memory."
+    start = _text(_cell(executed, 'exp = IPyExperimentsCPU()'))
+    assert 'Experiment started with the CPU-only backend' in start and '*** Current state:' in start
+    inside = _text(_cell(executed, 'learn = short_run()\nxb, yb = learn.dls.one_batch()'))
+    assert 'Consumed' in inside and 'Peaked' in inside and 'CPU:' in inside  # the cell logger's per-cell report
+    end = _text(_cell(executed, 'exp_data = exp.finish()'))
+    assert '*** Experiment memory:' in end
+    deleted = re.search(r'Deleted: (.*)', end)
+    assert deleted and {'learn', 'xb', 'yb'} <= {v.strip() for v in deleted.group(1).split(',')}, end
+    m = re.search(r"ipyexperiments: the experiment's cells consumed ([\d,]+) MiB, ([\d,]+) MiB came back", end)
+    assert m, end
+    consumed, back = (int(g.replace(',', '')) for g in m.groups())
+    assert consumed > 50 and back > 0.8*consumed  # a learner's worth of memory, nearly all of it reclaimed
+    assert re.search(r'after the experiment: \+\d+ MiB over its start', end)
+
+def test_committed_outputs_show_the_skip():
+    "Under nbdev-test (whose outputs are committed) the same cells stepped aside and said why."
+    nb = nbformat.read(NB, as_version=4)
+    assert 'Not in a Jupyter kernel' in _text(_cell(nb, 'exp = IPyExperimentsCPU()'))
