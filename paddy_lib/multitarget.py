@@ -248,7 +248,7 @@ def multitarget_learner(dls,               # DataLoaders with one `CategoryBlock
                             f"or give a target weight 0 to leave it out of the loss.")
     learn = vision_learner(dls, arch, n_out=mt.n_out, loss_func=mt.loss,
                            metrics=mt.metrics if metrics is None else metrics, **kwargs)
-    learn.targets = mt
+    learn.multitarget = mt
     return learn
 
 # %% ../nbs/04_multitarget.ipynb #9faf94dc
@@ -271,7 +271,9 @@ def predict_targets(learn:Learner,    # a multi-target learner (`multitarget_lea
     dl = learn.dls.test_dl(items, num_workers=0)
     old = learn.loss_func
     learn.loss_func = mt.loss  # its `activation` is the per-target softmax, whatever loss the learner trained with
-    try: probs = learn.tta(dl=dl, n=n)[0] if tta else learn.get_preds(dl=dl)[0]
+    try:
+        with learn.no_bar(), learn.no_logging():
+            probs = learn.tta(dl=dl, n=n)[0] if tta else learn.get_preds(dl=dl)[0]
     finally: learn.loss_func = old
     probs = mt.split(probs)
     df = pd.DataFrame({'image_id': [Path(o).name if isinstance(o, (str, Path)) else i for i, o in enumerate(items)]})
