@@ -12,7 +12,9 @@ from fastcore.all import L
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, TransformBlock, RandomSplitter, Resize,
                                aug_transforms, get_image_files, parent_label, error_rate, vision_learner,
                                Categorize, MultiCategorize, Learner)
-from .data import PaddyError, PaddyDataError, LABELS, VARIETIES, get_variety, get_test_files, check_submission
+from .data import (PaddyError, PaddyDataError, LABELS, VARIETIES, get_variety, get_test_files, check_submission,
+                            paddy_scale)
+from .training import timm_arch, precision_for
 
 # %% auto #0
 __all__ = ['PADDY_TARGETS', 'MultiTargetError', 'TargetCountError', 'HeadSizeError', 'MultiTargetLoss', 'MultiTarget', 'from_dls',
@@ -231,14 +233,16 @@ def multitarget_dls(path:str|Path,                        # dataset root (holds 
     dls.target_names = names
     return dls
 
-# %% ../nbs/04_multitarget.ipynb #973389a9
+# %% ../nbs/04_multitarget.ipynb #148834c7
 def multitarget_learner(dls,               # DataLoaders with one `CategoryBlock` per target (e.g. `multitarget_dls`)
-                        arch,              # a timm model name or a model function, as for `vision_learner`
+                        arch,              # a timm model name (the seed's names are mapped by `timm_arch`) or a model function
                         weights=None,      # each target's weight in the combined loss (default: 1 each)
                         names=None,        # one name per target (default: `dls.target_names`, else target0, ...)
                         n_out:int|None=None, # outputs of the head (default and only valid value: the targets' classes together)
                         metrics=None,      # metrics (default: each target's error rate and loss)
-                        **kwargs,          # passed to `vision_learner` (pretrained, cbs, lr, ...)
+                        pretrained:bool|None=None, # pretrained weights (None: at full scale only; demo scale is offline)
+                        precision:str='auto', # 'auto' (bf16/fp16 on CUDA, fp32 on a CPU), 'fp16', 'bf16' or 'fp32'
+                        **kwargs,          # passed to `vision_learner` (cbs, lr, ...)
                        )->Learner:
     "A `vision_learner` predicting every target of `dls`: `n_out`, loss and metrics from the targets' vocabularies."
     mt = MultiTarget.from_dls(dls, names=names, weights=weights)
@@ -246,8 +250,13 @@ def multitarget_learner(dls,               # DataLoaders with one `CategoryBlock
         parts = ' + '.join(f'{nm} ({s})' for nm, s in zip(mt.names, mt.sizes))
         raise HeadSizeError(f"n_out={n_out}, but the targets need {mt.n_out} outputs: {parts}. Leave `n_out` out, "
                             f"or give a target weight 0 to leave it out of the loss.")
-    learn = vision_learner(dls, arch, n_out=mt.n_out, loss_func=mt.loss,
+    prec = precision_for(dls.device, precision)
+    if pretrained is None: pretrained = paddy_scale() == 'full'
+    if isinstance(arch, str): arch = timm_arch(arch)
+    learn = vision_learner(dls, arch, n_out=mt.n_out, loss_func=mt.loss, pretrained=pretrained,
                            metrics=mt.metrics if metrics is None else metrics, **kwargs)
+    if prec == 'fp16': learn.to_fp16()
+    elif prec == 'bf16': learn.to_bf16()
     learn.multitarget = mt
     return learn
 
