@@ -8,16 +8,16 @@ Docs: https://paddy-lib.github.io/paddy_lib/multitarget.html.md"""
 from __future__ import annotations
 from pathlib import Path
 import torch, torch.nn.functional as F, pandas as pd
-from fastcore.all import L
-from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, TransformBlock, RandomSplitter, Resize,
-                               aug_transforms, get_image_files, parent_label, error_rate, vision_learner,
-                               Categorize, MultiCategorize, Learner)
-from .data import (PaddyError, PaddyDataError, LABELS, VARIETIES, get_variety, get_test_files, check_submission,
-                            paddy_scale)
+from fastcore.all import L, patch
+from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, RandomSplitter, Resize, aug_transforms,
+                               get_image_files, parent_label, error_rate, vision_learner, Categorize, MultiCategorize,
+                               Learner)
+from .data import PaddyError, PaddyDataError, LABELS, VARIETIES, get_variety, paddy_scale
+from .data import get_test_files, check_submission
 from .training import timm_arch, precision_for
 
 # %% auto #0
-__all__ = ['PADDY_TARGETS', 'MultiTargetError', 'TargetCountError', 'HeadSizeError', 'MultiTargetLoss', 'MultiTarget', 'from_dls',
+__all__ = ['PADDY_TARGETS', 'MultiTargetError', 'TargetCountError', 'HeadSizeError', 'MultiTargetLoss', 'MultiTarget',
            'disease_loss', 'variety_loss', 'combine_loss', 'disease_err', 'variety_err', 'multitarget_dls',
            'multitarget_learner', 'predict_targets', 'multitarget_submission']
 
@@ -143,7 +143,7 @@ def _target_vocabs(dls):
     if not vocabs: raise TargetCountError(f"The DataLoaders have no targets (n_inp={n_inp} of {len(tls)} blocks).")
     return vocabs
 
-@classmethod
+@patch(cls_method=True)
 def from_dls(cls:MultiTarget, dls,  # DataLoaders with one `CategoryBlock` per target after the inputs
              names=None,            # one name per target (default: `dls.target_names`, set by `multitarget_dls`)
              weights=None,          # each target's weight in the combined loss (default: 1 each)
@@ -151,7 +151,6 @@ def from_dls(cls:MultiTarget, dls,  # DataLoaders with one `CategoryBlock` per t
     "The targets of `dls`: their number and sizes read off its vocabularies."
     if names is None: names = getattr(dls, 'target_names', None)
     return cls(_target_vocabs(dls), names=names, weights=weights)
-MultiTarget.from_dls = from_dls
 
 # %% ../nbs/04_multitarget.ipynb #3d94204e
 PADDY_TARGETS = MultiTarget([LABELS, VARIETIES], names=['disease', 'variety'])  # the competition's two targets
