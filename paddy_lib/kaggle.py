@@ -32,8 +32,8 @@ if os.environ.get('KAGGLE_KERNEL_RUN_TYPE'):
     try: import paddy_lib
     except ImportError:
         whl = glob.glob('/kaggle/input/**/paddy_lib-*.whl', recursive=True)
-        src = ['--no-index', '--find-links', os.path.dirname(whl[0])] if whl else []
-        subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', *src, 'paddy_lib'], check=True)'''
+        src = ['--no-index', '--no-deps', *glob.glob(os.path.join(os.path.dirname(whl[0]), '*.whl'))] if whl else ['paddy_lib']
+        subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', *src], check=True)'''
 
 def _src(cell): return ''.join(cell.get('source', ''))
 

@@ -335,3 +335,9 @@ def test_commands_and_download_in_a_fresh_process(local_kaggle, submission_csv, 
     assert (got/'train.csv').read_bytes() == (kaggle_demo_data/'train.csv').read_bytes()
     assert len(list(got.rglob('*.jpg'))) == len(list(kaggle_demo_data.rglob('*.jpg')))
     assert 'CompetitionApiService/DownloadDataFiles' in lk.calls()
+
+
+@pytest.mark.parametrize('nb', course_notebooks(), ids=lambda p: p.name)
+def test_every_course_notebook_starts_with_the_setup_cell(nb):
+    "The repo's notebooks themselves (not only the pushed copies) carry the Kaggle setup cell, character for character."
+    assert first_code_cell(json.loads(nb.read_text())) == KAGGLE_SETUP, f'{nb.name}: first code cell is not KAGGLE_SETUP'
