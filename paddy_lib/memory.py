@@ -18,9 +18,8 @@ from .data import PaddyError, paddy_data, paddy_dls
 from .training import train
 
 # %% auto #0
-__all__ = ['MiB', 'HWM_OK', 'rss_mib', 'collect', 'report_gpu', 'peak_memory', 'device_name', 'probe_folder', 'measure',
-           'plot_peaks', 'saved_activations', 'memory_anatomy', 'free_learner', 'BudgetError', 'AccumChoice',
-           'find_accum']
+__all__ = ['MiB', 'HWM_OK', 'rss_mib', 'collect', 'report_gpu', 'peak_memory', 'free_learner', 'device_name', 'probe_folder',
+           'measure', 'plot_peaks', 'saved_activations', 'memory_anatomy', 'BudgetError', 'AccumChoice', 'find_accum']
 
 # %% ../nbs/03_memory.ipynb #7526b097
 MiB = 2**20
@@ -171,10 +170,10 @@ class peak_memory:
         if self.peak is None: return f'peak_memory({name}{self.device}, {self.method}, not run yet)'
         how = {'allocator': 'CUDA allocator: context + peak reserved', 'VmHWM': "the kernel's peak RSS",
                'sampled': f'RSS sampled every {self.interval*1000:g} ms'}[self.method]
-        return (f'{name}peak {self.peak:,.0f} MiB on {self.device} (+{self.used:,.0f} over {self.baseline:,.0f} at entry, '
+        return (f'{name}peak {self.peak:,.0f} MiB on {self.device} ({self.used:+,.0f} over {self.baseline:,.0f} at entry, '
                 f'{self.end:,.0f} at exit) in {self.seconds:.2f} s [{how}]')
 
-# %% ../nbs/03_memory.ipynb #43799e68
+# %% ../nbs/03_memory.ipynb #6455a3c8
 @contextlib.contextmanager
 def _no_bar():
     "Learners created inside have no progress bar (fastai adds one through `defaults.callbacks`)."
@@ -184,6 +183,24 @@ def _no_bar():
     try: yield
     finally: defaults.callbacks = old
 
+_BATCH_ATTRS = ('xb', 'yb', 'pred', 'loss', 'loss_grad', 'smooth_loss', 'dl')
+
+def free_learner(learn:Learner,         # the learner whose memory to free
+                 keep_model:bool=False, # keep the model and data (for `export`, `get_preds`): fastai 1's `purge`; else its `destroy`
+                ):
+    "What fastai 1's `purge`/`destroy` did: drop optimizer state, gradients, the last batch, callbacks (and model); collect."
+    if not isinstance(learn, Learner): raise PaddyError(f"free_learner needs a fastai Learner, got {type(learn).__name__}.")
+    if getattr(learn, 'opt', None) is not None:
+        learn.opt.clear_state(); learn.opt = None        # Adam: two tensors the size of every weight
+    if getattr(learn, 'model', None) is not None:
+        for p in learn.model.parameters(): p.grad = None # the gradients: one more copy of the weights
+    for a in _BATCH_ATTRS: learn.__dict__.pop(a, None)  # the last batch, its predictions and loss
+    if not keep_model:
+        learn.remove_cbs(list(learn.cbs))               # callbacks can hold tensors (Recorder's losses, hooks, ...)
+        learn.model = learn.dls = learn.loss_func = None
+    collect()
+
+# %% ../nbs/03_memory.ipynb #13ede21c
 class _Clock(Callback):
     "Time each training batch (waiting for CUDA), so items/s can leave out the first batch's one-off costs."
     order = 98  # before `StopAfter` (99) cancels the fit in `after_batch`
@@ -230,7 +247,7 @@ def probe_folder(path:str|Path,       # dataset root
         if int(n*(1-valid_pct)) >= n_items: return path/'train_images'/lbl
     return path/'train_images'
 
-# %% ../nbs/03_memory.ipynb #9638d561
+# %% ../nbs/03_memory.ipynb #d5dc50c2
 def measure(arch:str,                    # timm model name (the seed's names work too)
             size:int|tuple,              # training image size
             accum:int=1,                 # micro-batches per optimizer step
@@ -257,17 +274,23 @@ def measure(arch:str,                    # timm model name (the seed's names wor
     if trn_path is None: trn_path = probe_folder(path, bs*n_batches)
     dls = paddy_dls(path, size, item=item, bs=bs, trn_path=trn_path, device=dev,
                     **({} if num_workers is None else dict(num_workers=num_workers)))
+    if len(dls.train) < n_batches:
+        raise PaddyError(f"{trn_path} gives {len(dls.train)} training micro-batches of {bs}, fewer than the n_batches={n_batches} "
+                         f"the probe needs: pass a bigger `trn_path` (or leave it to `probe_folder`), or fewer `n_batches`.")
     clock, oom, pm = _Clock(), None, peak_memory(dev)
     cbs = [clock, *L(cbs)] + ([_GradCkpt()] if grad_ckpt else [])
     try:
         with pm, _no_bar():
             learn, _ = train(arch, size, item=item, accum=accum, finetune=False, epochs=1, path=path, eff_bs=eff_bs,
                              n_batches=n_batches, return_learner=True, dls=dls, cbs=cbs, **kwargs)
-            del learn; collect()  # nothing else holds it: the garbage collector frees all of it
+            free_learner(learn); del learn
     except Exception as e:
         if not _is_oom(e): raise
-        oom = f'{type(e).__name__}: {str(e).splitlines()[0][:160]}'
-    if oom: collect()  # out of the `except` block: until here its traceback held the failed run's tensors
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()] or ['']
+        oom = f"{type(e).__name__}: {next((l for l in lines if _is_oom(RuntimeError(l))), lines[0])[:200]}"
+    if oom:  # out of the `except` block: until here its traceback held the failed run's tensors
+        for cb in cbs: cb.learn = None  # the callbacks (some the caller's, reused) would keep the failed learner alive
+        collect()
     del dls
     t, n = clock.times[1:] or clock.times, clock.items[1:] or clock.items
     row = dict(arch=arch, size=size, accum=accum, bs=bs, grad_ckpt=grad_ckpt, peak_mib=pm.peak, baseline_mib=pm.baseline,
@@ -312,7 +335,8 @@ def saved_activations(model:torch.nn.Module, # the model
         try: s = t.untyped_storage(); key, n = s.data_ptr(), s.nbytes()
         except (RuntimeError, NotImplementedError): key, n = id(t), t.numel()*t.element_size()  # layouts without storage
         if key not in seen and key not in params: seen.add(key); total += n
-        return t
+        return t.detach()  # kept (so storages stay distinct), but without its `grad_fn`: returning `t` itself would
+                           # make a reference cycle through autograd's C++ graph that no collection frees
     was = model.training; model.train()
     ctx = torch.autocast(xb.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     try:
@@ -333,24 +357,6 @@ def memory_anatomy(model:torch.nn.Module, # the model to train
                      'optimizer state': opt_states*_nbytes(trainable), 'activations': saved_activations(model, xb, amp),
                      'input batch': _nbytes([xb])}) / MiB
     return pd.concat([res, pd.Series({'total': res.sum()})])
-
-# %% ../nbs/03_memory.ipynb #6455a3c8
-_BATCH_ATTRS = ('xb', 'yb', 'pred', 'loss', 'loss_grad', 'smooth_loss', 'dl')
-
-def free_learner(learn:Learner,         # the learner whose memory to free
-                 keep_model:bool=False, # keep the model and data (for `export`, `get_preds`): fastai 1's `purge`; else its `destroy`
-                ):
-    "What fastai 1's `purge`/`destroy` did: drop optimizer state, gradients, the last batch, callbacks (and model); collect."
-    if not isinstance(learn, Learner): raise PaddyError(f"free_learner needs a fastai Learner, got {type(learn).__name__}.")
-    if getattr(learn, 'opt', None) is not None:
-        learn.opt.clear_state(); learn.opt = None        # Adam: two tensors the size of every weight
-    if getattr(learn, 'model', None) is not None:
-        for p in learn.model.parameters(): p.grad = None # the gradients: one more copy of the weights
-    for a in _BATCH_ATTRS: learn.__dict__.pop(a, None)  # the last batch, its predictions and loss
-    if not keep_model:
-        learn.remove_cbs(list(learn.cbs))               # callbacks can hold tensors (Recorder's losses, hooks, ...)
-        learn.model = learn.dls = learn.loss_func = None
-    collect()
 
 # %% ../nbs/03_memory.ipynb #8804eecd
 class BudgetError(PaddyError):
@@ -377,9 +383,9 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
                eff_bs:int=64,            # items per optimizer step, kept constant
                item=None,                # item transform (default: the seed's `Resize(480, method='squish')`)
                path:str|Path|None=None,  # dataset root (default: `paddy_data()`)
-               probe_bs:tuple|None=None, # the two micro-batch sizes the line is fitted on (default: eff_bs/8 and eff_bs/2)
+               probe_bs:tuple|None=None, # the two micro-batch sizes the line is fitted on (default: eff_bs/8 and eff_bs/4)
                min_bs:int=2,             # smallest micro-batch tried (fastai's head has a BatchNorm1d, which can't train on 1 item)
-               tol:float=0.05,           # also probe the next smaller `accum` if it is predicted within `budget*(1+tol)`
+               tol:float=0.05,           # also probe the next smaller `accum` if the line puts it within `budget*(1+tol)`
                grad_ckpt:bool=False,     # also measure timm's gradient checkpointing at the pick
                limit:bool=True,          # CUDA: hold the probes to the budget (`set_per_process_memory_fraction`)
                device=None,              # where to train (default: CUDA if available)
@@ -395,13 +401,13 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
     path = Path(path) if path is not None else paddy_data()
     dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     ms = sorted(eff_bs//a for a in _accums(eff_bs, min_bs))  # candidate micro-batch sizes, ascending
-    m_lo, m_hi = sorted(probe_bs or (max(min_bs, eff_bs//8), max(min_bs, eff_bs//2)))
-    if len(ms) < 2 or m_lo not in ms or m_hi not in ms or m_lo == m_hi:
+    if probe_bs is None: probe_bs = (max(ms[0], eff_bs//8), min(ms[-1], max(2*max(ms[0], eff_bs//8), eff_bs//4)))
+    m_lo, m_hi = sorted(probe_bs)
+    if len(ms) > 1 and (m_lo not in ms or m_hi not in ms or m_lo == m_hi):
         raise PaddyError(f"find_accum(probe_bs={probe_bs!r}, eff_bs={eff_bs}): the line needs two different micro-batch sizes "
                          f"among {ms} (eff_bs//accum for power-of-two accum).")
     trn_path = kwargs.pop('trn_path', None) or probe_folder(path, 2*eff_bs)  # the same folder for every probe
     rows, peak = [], {}
-    if verbose: print(f"find_accum: {arch} at {size} px, {eff_bs} items per step, budget {budget_mib:,.0f} MiB on {device_name(dev)}")
 
     def probe(m, role, ckpt=False):
         r = measure(arch, size, accum=1, item=item, eff_bs=m, n_batches=2, path=path, trn_path=trn_path, grad_ckpt=ckpt,
@@ -417,12 +423,19 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
         return r['fits']
     def done(m, a=math.nan, b=math.nan):
         res = AccumChoice(eff_bs//m, probes=pd.DataFrame(rows), eff_bs=eff_bs, budget_mib=budget_mib, fixed_mib=a,
-                          per_item_mib=b, predicted=a + b*m, measured=peak[m], ckpt=None)
+                          per_item_mib=b, predicted=a + b*m, measured=peak[m], fitted=m in (m_lo, m_hi), ckpt=None)
         if verbose:
-            print(f"  picked accum={int(res)} ({m} items per micro-batch): " + ('' if math.isnan(a) else
-                  f"predicted {res.predicted:,.0f} MiB, ") + f"measured {res.measured:,.0f} MiB" + ('' if math.isnan(a) else
-                  f" (prediction {(res.predicted-res.measured)/res.measured:+.1%})"))
+            how = ('' if math.isnan(a) else f"line {res.predicted:,.0f} MiB, " if res.fitted else f"predicted {res.predicted:,.0f} MiB, ")
+            err = '' if math.isnan(a) else (" (a probe the line was fitted on)" if res.fitted else
+                                            f" (prediction {(res.predicted-res.measured)/res.measured:+.1%})")
+            print(f"  picked accum={int(res)} ({m} items per micro-batch): {how}measured {res.measured:,.0f} MiB{err}")
         return res
+    def impossible(m):
+        r = rows[-1]
+        raise BudgetError(f"{arch} at {size} px does not fit {budget_mib:,.0f} MiB even with {m} items per micro-batch "
+            f"(accum={eff_bs//m}, the most eff_bs={eff_bs} allows with min_bs={min_bs}): it "
+            + ('ran out of memory' if r['oom'] else f"peaked at {r['peak_mib']:,.0f} MiB") + ". Raise the budget, or use a "
+            "smaller model, image size or precision; gradient checkpointing (grad_ckpt=True) shrinks the activations only.")
 
     old_frac = None
     try:
@@ -439,21 +452,18 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
             if budget_mib < total/MiB:
                 old_frac = getattr(torch.cuda, 'get_per_process_memory_fraction', lambda d: 1.0)(dev)
                 torch.cuda.set_per_process_memory_fraction((budget_mib-other)/(total/MiB), dev)
+        if verbose: print(f"find_accum: {arch} at {size} px, {eff_bs} items per step, budget {budget_mib:,.0f} MiB on {device_name(dev)}")
+        if len(ms) == 1: return done(ms[0]) if probe(ms[0], 'probe') else impossible(ms[0])
         # 1. the small probe; if it does not fit, smaller ones; if none fits, say so
         m = m_lo
         while not probe(m, 'probe'):
-            if m == ms[0]:
-                r = rows[-1]
-                raise BudgetError(f"{arch} at {size} px does not fit {budget_mib:,.0f} MiB even with {m} items per micro-batch "
-                    f"(accum={eff_bs//m}, the most eff_bs={eff_bs} allows with min_bs={min_bs}): it "
-                    + ('ran out of memory' if r['oom'] else f"peaked at {r['peak_mib']:,.0f} MiB") + ". Raise the budget, or "
-                    "use a smaller model, image size or precision; gradient checkpointing (grad_ckpt=True) shrinks activations only.")
+            if m == ms[0]: impossible(m)
             m = max(x for x in ms if x < m)
         if m != m_lo: return done(m)   # the first size that fits, coming down: the largest that fits
         # 2. the large probe, coming down while it runs out of memory (an OOM has no peak to fit a line to)
         m = m_hi
         probe(m, 'probe')
-        while peak[m] == math.inf:     # out of memory: no peak to fit a line to, so come down
+        while peak[m] == math.inf:
             m = max(x for x in ms if x < m)
             if m == m_lo: return done(m_lo)  # every larger size ran out of memory
             probe(m, 'probe')
@@ -475,19 +485,21 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
             if peak[up[0]] > budget_mib: break
             pick = up[0]
         res = done(pick, a, b)
-        # 5. gradient checkpointing at the pick, and at half its accum
+        # 5. gradient checkpointing at the pick; at half its accum too if the saving, grown with the items, could fit it
         if grad_ckpt:
             probe(pick, 'ckpt', ckpt=True)
-            if 2*pick in ms: probe(2*pick, 'ckpt', ckpt=True)
-            df = res.probes = pd.DataFrame(rows)
-            plain = df[(df.role != 'ckpt') & (df.micro_bs == pick)].iloc[-1]
+            df = pd.DataFrame(rows)
             ck = df[(df.role == 'ckpt') & (df.micro_bs == pick)].iloc[-1]
-            half = df[(df.role == 'ckpt') & (df.micro_bs == 2*pick)]
-            res.ckpt = dict(micro_bs=pick, saved_mib=plain.peak_mib-ck.peak_mib, time_ratio=plain.items_per_s/ck.items_per_s,
-                            half_accum_fits=bool(half.fits.any()) if len(half) else None)
-            if verbose: print(f"  gradient checkpointing at {pick} items: saves {res.ckpt['saved_mib']:,.0f} MiB, takes "
-                              f"{res.ckpt['time_ratio']:.2f}× the time per item" + (f"; accum={int(res)//2} fits with it"
-                              if res.ckpt['half_accum_fits'] else ''))
+            saved = peak[pick] - ck.peak_mib if not ck.oom else math.nan
+            half = None
+            if 2*pick in ms and saved > 0 and pred[2*pick] - 2*saved <= budget_mib*(1+tol):
+                half = probe(2*pick, 'ckpt', ckpt=True)
+            plain = df[(df.role != 'ckpt') & (df.micro_bs == pick)].iloc[-1]
+            res.probes = pd.DataFrame(rows)
+            res.ckpt = dict(micro_bs=pick, saved_mib=saved, time_ratio=plain.items_per_s/ck.items_per_s, half_accum_fits=half)
+            if verbose: print(f"  gradient checkpointing at {pick} items: saves {saved:,.0f} MiB, takes "
+                              f"{res.ckpt['time_ratio']:.2f}× the time per item" + ('' if 2*pick not in ms else
+                              f"; accum={int(res)//2} with it: " + {None: 'not tried (predicted over)', True: 'fits', False: 'over'}[half]))
         return res
     finally:
         if old_frac is not None: torch.cuda.set_per_process_memory_fraction(old_frac, dev)

@@ -33,7 +33,7 @@ def test_console_script_installed():
     exe = shutil.which('paddy')
     if exe is None: pytest.skip('the package is not installed (pip install -e .), so there is no `paddy` script')
     r = subprocess.run([exe, '--help'], capture_output=True, text=True)
-    assert r.returncode == 0 and 'paddy demo' not in r.stderr and '  demo ' in r.stdout
+    assert r.returncode == 0 and '  demo ' in r.stdout, r.stdout + r.stderr
 
 
 def test_unknown_command_and_bad_input(tmp_path, capsys):
@@ -68,7 +68,7 @@ def test_demo_killed_after_first_member_resumes_and_writes_submission(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count('already done') == 1, r.stdout
     for name, mtime in first.items(): assert (out/'members'/name).stat().st_mtime_ns == mtime   # not trained again
-    assert len(list((out/'members').glob('*.pt'))) == 3
+    assert len(list((out/'members').glob('*.pt'))) == 4
     assert 'ensemble: weighted average' in r.stdout
 
     sub = pd.read_csv(out/'submission.csv')
@@ -77,5 +77,5 @@ def test_demo_killed_after_first_member_resumes_and_writes_submission(tmp_path):
     assert list(sub.image_id) == list(ss.image_id)         # one row per test image, in sample_submission's order
     assert set(sub.label) <= set(LABELS)
     records = pd.read_csv(out/'records.csv')
-    assert records.status.tolist() == ['loaded', 'trained', 'trained']
+    assert records.status.tolist() == ['loaded', 'trained', 'trained', 'trained']
     assert (records.accum == 2).all()

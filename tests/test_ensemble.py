@@ -15,6 +15,15 @@ A = Member('test_resnet', ('squish', 96), 32, accum=2)
 B = Member('test_resnet', ('crop', (128, 96)), 32, accum=2, weight=2)
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    "One PyTorch thread for these tests: on a small shared CPU, several threads wait for each other (bench/demo.py)."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     return make_demo_paddy(tmp_path_factory.mktemp('ens')/'paddy', n_train=80, n_test=8)
@@ -137,7 +146,7 @@ def test_write_submission_aligns_and_rejects(data, tmp_path):
         assert pd.read_csv(tmp_path/'s.csv').equals(sub)
         with pytest.raises(PaddyError, match='without a row'): write_submission(probs[1:], vocab, data, tmp_path/'x.csv', ids=ids[1:])
         with pytest.raises(PaddyError, match='more than once'): write_submission(probs, vocab, data, tmp_path/'x.csv', ids=ids[:-1]+ids[:1])
-        with pytest.raises(PaddyError, match='labels not in'): write_submission(probs, vocab[:-1]+['rust'], data, tmp_path/'x.csv')
+        with pytest.raises(PaddyError, match='labels not in'): write_submission(probs, ['rust']+vocab[1:], data, tmp_path/'x.csv')
         with pytest.raises(PaddyError, match='rows for unknown images'):
             write_submission(probs, vocab, data, tmp_path/'x.csv', ids=ids[:-1]+['999.jpg'])
         assert not (tmp_path/'x.csv').exists()

@@ -71,7 +71,7 @@ def test_ipyexperiments_cells_ran(executed):
     assert m, end
     consumed, back = (int(g.replace(',', '')) for g in m.groups())
     assert consumed > 50 and back > 0.8*consumed  # a learner's worth of memory, nearly all of it reclaimed
-    assert re.search(r'after the experiment: \+\d+ MiB over its start', end)
+    assert re.search(r'after the experiment: [+-]\d+ MiB over its start', end)
 
 def test_committed_outputs_show_the_skip():
     "Under nbdev-test (whose outputs are committed) the same cells stepped aside and said why."
