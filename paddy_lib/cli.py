@@ -56,7 +56,7 @@ def paddy_demo(out:str='paddy_demo',     # folder for the members' results and s
                budget_mib:float=None,    # a memory budget: members without their own accum get one from find_accum
                retrain:bool=False,       # train every member again, even those already saved in `out`
                progress:bool=True,       # show fastai's progress bars (--no-progress: only the members' lines)
-               num_workers:int=0,        # DataLoader worker processes (0: load in the main process; fastest here)
+               num_workers:int=None,     # DataLoader worker processes (default: 0 on a CPU, the fastest there)
                threads:int=1,            # PyTorch's CPU threads (1: fastest on a small CPU shared with other work)
               ):
     "Train a small ensemble on the demo data on this machine (a CPU will do) and write submission.csv."
@@ -85,9 +85,12 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
                    check:bool=True,        # check the data first (--no-check to skip)
                    retrain:bool=False,     # train every member again
                    progress:bool=True,     # show fastai's progress bars (--no-progress: only the members' lines)
+                   threads:int=None,       # PyTorch's CPU threads (default: PyTorch's choice; 1 is fastest on a small shared CPU)
                   ):
     "Train an ensemble (the seed's eight by default) with resumable, memory-fitted members; write a checked submission."
     t0 = time.perf_counter()
+    import torch
+    if threads: torch.set_num_threads(threads)
     from paddy_lib.data import check_paddy, paddy_data
     from paddy_lib.ensemble import SEED_CONFIGS, load_members, run_ensemble
     members = load_members(configs) if configs else SEED_CONFIGS
