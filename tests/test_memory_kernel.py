@@ -28,9 +28,9 @@ def _text(cell) -> str:
         elif o.output_type == 'error': out.append('\n'.join(o.traceback))
     return ''.join(out)
 
-def _cell(nb, snippet):
-    "The one code cell whose source contains `snippet`."
-    cells = [c for c in nb.cells if c.cell_type == 'code' and snippet in c.source]
+def _cell(nb, snippet, exact=False):
+    "The one code cell whose source contains `snippet` (or is exactly `snippet`)."
+    cells = [c for c in nb.cells if c.cell_type == 'code' and (c.source.strip() == snippet if exact else snippet in c.source)]
     assert len(cells) == 1, f"{len(cells)} cells contain {snippet!r}"
     return cells[0]
 
@@ -61,7 +61,7 @@ def test_ipyexperiments_cells_ran(executed):
     "The experiment started, logged the cells inside it, and on finishing deleted their variables and reported memory."
     start = _text(_cell(executed, 'exp = IPyExperimentsCPU()'))
     assert 'Experiment started with the CPU-only backend' in start and '*** Current state:' in start
-    inside = _text(_cell(executed, 'learn = short_run()\nxb, yb = learn.dls.one_batch()'))
+    inside = _text(_cell(executed, 'learn = short_run()\nxb, yb = learn.dls.one_batch()', exact=True))
     assert 'Consumed' in inside and 'Peaked' in inside and 'CPU:' in inside  # the cell logger's per-cell report
     end = _text(_cell(executed, 'exp_data = exp.finish()'))
     assert '*** Experiment memory:' in end
@@ -70,8 +70,10 @@ def test_ipyexperiments_cells_ran(executed):
     m = re.search(r"ipyexperiments: the experiment's cells consumed ([\d,]+) MiB, ([\d,]+) MiB came back", end)
     assert m, end
     consumed, back = (int(g.replace(',', '')) for g in m.groups())
-    assert consumed > 50 and back > 0.8*consumed  # a learner's worth of memory, nearly all of it reclaimed
-    assert re.search(r'after the experiment: [+-]\d+ MiB over its start', end)
+    assert consumed > 50  # a learner's worth of memory (ipyexperiments' "reclaimed" is taken before the C heap gives
+                          # freed pages back, so it can read 0: the notebook's own line below is after `malloc_trim`)
+    after = re.search(r'after the experiment: ([+-][\d,]+) MiB over its start', end)
+    assert after and int(after.group(1).replace(',', '')) < 32, end
 
 def test_committed_outputs_show_the_skip():
     "Under nbdev-test (whose outputs are committed) the same cells stepped aside and said why."
