@@ -18,7 +18,7 @@ the same memory at the same sizes; pretrained weights only at full scale):
       GPU (held to it by `set_per_process_memory_fraction` on a larger card), then measured at that accum.
 Each row carries the device's name; the PNG's title does too.
 """
-import argparse, math, sys, time, warnings
+import argparse, math, os, sys, time, warnings
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -95,7 +95,9 @@ def cpu(steps):
     budget = (pk[1] + pk[4]) / 2
     row, c = pick('find_accum', 'resnet18', 128, item, budget, steps, path, device='cpu', grad_ckpt=True)
     rows.append(row)
-    lines = [f"device: {device_name('cpu')}; torch {torch.__version__}, {torch.get_num_threads()} threads; {time.time()-t0:.0f} s",
+    load = ', '.join(f'{x:.1f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else 'n/a'
+    lines = [f"device: {device_name('cpu')}; torch {torch.__version__}, {torch.get_num_threads()} threads; {time.time()-t0:.0f} s; "
+             f"load average at the end {load} (items/s are only comparable within this run)",
              "memory = peak resident memory of the process (the kernel's VmHWM, reset per probe), MiB; "
              "items/s over the training micro-batches after the first",
              f"resnet18 @ 128: peak accum 1 -> 2 -> 4 -> 8: " + ' -> '.join(f"{pk[a]:,.0f}" for a in (1, 2, 4, 8)) + ' MiB',

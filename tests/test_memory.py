@@ -206,3 +206,14 @@ def test_memory_anatomy():
     assert math.isclose(a16['optimizer state'], 2*a16['weights'], rel_tol=0.01) and a16['gradients'] == a32['gradients']
     assert math.isclose(a32['activations'], 2*a16['activations'], rel_tol=0.02) and a16['activations'] > 20
     assert m.training  # the model's mode is left as it was
+
+def test_device_name_and_plot_peaks():
+    import matplotlib; matplotlib.use('Agg')
+    import pandas as pd
+    from paddy_lib.memory import device_name, plot_peaks
+    assert device_name('cpu').startswith('CPU: ') and f'({__import__("os").cpu_count()} cores)' in device_name('cpu')
+    df = pd.DataFrame(dict(arch='m', size=128, accum=[1, 2, 4], peak_mib=[300., 200., 150.], oom=[None, None, None],
+                           device='CPU: test'))
+    ax = plot_peaks(df, budget_mib=250)
+    assert list(ax.lines[0].get_ydata()) == [300., 200., 150.] and ax.lines[1].get_ydata()[0] == 250  # the budget line
+    assert ax.get_title() == 'CPU: test'
