@@ -385,7 +385,8 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
                path:str|Path|None=None,  # dataset root (default: `paddy_data()`)
                probe_bs:tuple|None=None, # the two micro-batch sizes the line is fitted on (default: eff_bs/8 and eff_bs/4)
                min_bs:int=2,             # smallest micro-batch tried (fastai's head has a BatchNorm1d, which can't train on 1 item)
-               tol:float=0.05,           # also probe the next smaller `accum` if the line puts it within `budget*(1+tol)`
+               margin:float=0.05,        # headroom: a pick must peak under `budget*(1-margin)` (long runs drift above short probes)
+               tol:float=0.05,           # also probe the next smaller `accum` if the line puts it within `tol` of that
                grad_ckpt:bool=False,     # also measure timm's gradient checkpointing at the pick
                limit:bool=True,          # CUDA: hold the probes to the budget (`set_per_process_memory_fraction`)
                device=None,              # where to train (default: CUDA if available)
@@ -395,6 +396,7 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
     "Probe two micro-batch sizes, fit peak = fixed + per-item × items, predict every `accum`, confirm the pick with a probe."
     if isinstance(budget_mib, bool) or not isinstance(budget_mib, numbers.Real) or not budget_mib > 0:
         raise PaddyError(f"find_accum(budget_mib={budget_mib!r}): the budget is a positive number of MiB, e.g. 16280 for a Kaggle GPU.")
+    if not 0 <= margin < 1: raise PaddyError(f"find_accum(margin={margin!r}): the share of the budget kept free, from 0 up to (not including) 1.")
     if isinstance(eff_bs, bool) or not isinstance(eff_bs, numbers.Integral) or eff_bs < min_bs:
         raise PaddyError(f"find_accum(eff_bs={eff_bs!r}): the items per optimizer step, an int of at least min_bs={min_bs}.")
     item = Resize(480, method='squish') if item is None else item
@@ -407,13 +409,13 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
         raise PaddyError(f"find_accum(probe_bs={probe_bs!r}, eff_bs={eff_bs}): the line needs two different micro-batch sizes "
                          f"among {ms} (eff_bs//accum for power-of-two accum).")
     trn_path = kwargs.pop('trn_path', None) or probe_folder(path, 2*eff_bs)  # the same folder for every probe
-    rows, peak = [], {}
+    rows, peak, limit = [], {}, budget_mib*(1-margin)
 
     def probe(m, role, ckpt=False):
         r = measure(arch, size, accum=1, item=item, eff_bs=m, n_batches=2, path=path, trn_path=trn_path, grad_ckpt=ckpt,
                     device=dev, **kwargs)
         r = dict(micro_bs=m, accum=eff_bs//m, role=role, **{k: v for k, v in r.items() if k not in ('accum', 'bs')})
-        r['fits'] = not r['oom'] and r['peak_mib'] <= budget_mib
+        r['fits'] = not r['oom'] and r['peak_mib'] <= limit
         rows.append(r)
         if not ckpt: peak[m] = math.inf if r['oom'] else r['peak_mib']
         if verbose:
@@ -422,7 +424,7 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
                   f"{what}, {'fits' if r['fits'] else 'over'}")
         return r['fits']
     def done(m, a=math.nan, b=math.nan):
-        res = AccumChoice(eff_bs//m, probes=pd.DataFrame(rows), eff_bs=eff_bs, budget_mib=budget_mib, fixed_mib=a,
+        res = AccumChoice(eff_bs//m, probes=pd.DataFrame(rows), eff_bs=eff_bs, budget_mib=budget_mib, limit_mib=limit, fixed_mib=a,
                           per_item_mib=b, predicted=a + b*m, measured=peak[m], fitted=m in (m_lo, m_hi), ckpt=None)
         if verbose:
             how = ('' if math.isnan(a) else f"line {res.predicted:,.0f} MiB, " if res.fitted else f"predicted {res.predicted:,.0f} MiB, ")
@@ -432,7 +434,7 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
         return res
     def impossible(m):
         r = rows[-1]
-        raise BudgetError(f"{arch} at {size} px does not fit {budget_mib:,.0f} MiB even with {m} items per micro-batch "
+        raise BudgetError(f"{arch} at {size} px does not fit {budget_mib:,.0f} MiB{f' (less {margin:.0%} headroom)' if margin else ''} even with {m} items per micro-batch "
             f"(accum={eff_bs//m}, the most eff_bs={eff_bs} allows with min_bs={min_bs}): it "
             + ('ran out of memory' if r['oom'] else f"peaked at {r['peak_mib']:,.0f} MiB") + ". Raise the budget, or use a "
             "smaller model, image size or precision; gradient checkpointing (grad_ckpt=True) shrinks the activations only.")
@@ -452,7 +454,8 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
             if budget_mib < total/MiB:
                 old_frac = getattr(torch.cuda, 'get_per_process_memory_fraction', lambda d: 1.0)(dev)
                 torch.cuda.set_per_process_memory_fraction((budget_mib-other)/(total/MiB), dev)
-        if verbose: print(f"find_accum: {arch} at {size} px, {eff_bs} items per step, budget {budget_mib:,.0f} MiB on {device_name(dev)}")
+        if verbose: print(f"find_accum: {arch} at {size} px, {eff_bs} items per step, budget {budget_mib:,.0f} MiB"
+                          + (f" (picks under {limit:,.0f}, keeping {margin:.0%} free)" if margin else '') + f" on {device_name(dev)}")
         if len(ms) == 1: return done(ms[0]) if probe(ms[0], 'probe') else impossible(ms[0])
         # 1. the small probe; if it does not fit, smaller ones; if none fits, say so
         m = m_lo
@@ -474,15 +477,15 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
         pred = {x: a + b*x for x in ms}
         if verbose: print(f"  line: peak = {a:,.0f} MiB + {b:,.2f} MiB × items; predicts "
                           + ', '.join(f"accum {eff_bs//x}: {pred[x]:,.0f}" for x in reversed(ms)))
-        pick = max(x for x in ms if pred[x] <= budget_mib or x == m_lo)
+        pick = max(x for x in ms if pred[x] <= limit or x == m_lo)
         # 4. confirm with a probe; move while the line was wrong, or too close to call
         if pick not in peak: probe(pick, 'confirm')
-        while peak[pick] > budget_mib:
+        while peak[pick] > limit:
             pick = max(x for x in ms if x < pick)
             if pick not in peak: probe(pick, 'confirm')
-        while (up := [x for x in ms if x > pick]) and pred[up[0]] <= budget_mib*(1+tol):
+        while (up := [x for x in ms if x > pick]) and pred[up[0]] <= limit*(1+tol):
             if up[0] not in peak: probe(up[0], 'check')
-            if peak[up[0]] > budget_mib: break
+            if peak[up[0]] > limit: break
             pick = up[0]
         res = done(pick, a, b)
         # 5. gradient checkpointing at the pick; at half its accum too if the saving, grown with the items, could fit it
@@ -492,7 +495,7 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
             ck = df[(df.role == 'ckpt') & (df.micro_bs == pick)].iloc[-1]
             saved = peak[pick] - ck.peak_mib if not ck.oom else math.nan
             half = None
-            if 2*pick in ms and saved > 0 and pred[2*pick] - 2*saved <= budget_mib*(1+tol):
+            if 2*pick in ms and saved > 0 and pred[2*pick] - 2*saved <= limit*(1+tol):
                 half = probe(2*pick, 'ckpt', ckpt=True)
             plain = df[(df.role != 'ckpt') & (df.micro_bs == pick)].iloc[-1]
             res.probes = pd.DataFrame(rows)

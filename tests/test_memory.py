@@ -108,8 +108,8 @@ def fake(monkeypatch):
         return calls
     return install
 
-def _find(budget, **kw): return find_accum('resnet18', 128, budget_mib=budget, path=Path('.'), trn_path='x', device='cpu',
-                                           verbose=False, **kw)
+def _find(budget, margin=0, **kw): return find_accum('resnet18', 128, budget_mib=budget, path=Path('.'), trn_path='x',
+                                                     device='cpu', margin=margin, verbose=False, **kw)
 
 def test_find_accum_linear(fake):
     calls = fake(lambda m: BASE + 100*m)                      # the line is exact
@@ -119,6 +119,12 @@ def test_find_accum_linear(fake):
     assert math.isclose(c.fixed_mib, BASE) and math.isclose(c.per_item_mib, 100) and math.isclose(c.predicted, c.measured)
     assert not c.fitted and math.isclose(c.predict(1), BASE + 6400)
     assert c.probes.role.tolist() == ['probe', 'probe', 'confirm']
+
+def test_find_accum_margin(fake):
+    calls = fake(lambda m: BASE + 100*m)
+    c = _find(BASE + 3500, margin=0.05)                       # 32 items peak at 23,200: under 23,500 but over 95% of it
+    assert c == 4 and c.limit_mib == pytest.approx(0.95*(BASE + 3500)) and [m for m, _ in calls] == [8, 16, 32]
+    with pytest.raises(PaddyError, match='margin'): _find(BASE, margin=1)
 
 def test_find_accum_line_wrong(fake):
     calls = fake(lambda m: BASE + 100*m + (5000 if m >= 32 else 0))  # a jump the line can't see: the pick doesn't fit
