@@ -49,6 +49,7 @@ def main():
     p.add_argument('--workers', default='0,2', help='DataLoader workers to compare')
     p.add_argument('--repeats', type=int, default=1)
     p.add_argument('--busy', type=int, default=0, help='other CPU-bound processes running meanwhile')
+    p.add_argument('--name', default='demo', help='results go to bench/results/<name>.{csv,txt}')
     a = p.parse_args()
     sys.path.insert(0, str(ROOT))
     from paddy_lib.data import make_demo_paddy
@@ -67,12 +68,13 @@ def main():
     dev = f"CPU: {cpu_name()} ({os.cpu_count()} cores)"
     best = min(r['wall_s'] for r in rows)
     OUT.mkdir(parents=True, exist_ok=True)
-    name = 'demo' if not a.busy else f'demo_busy{a.busy}'
+    name = a.name
     with open(OUT/f'{name}.csv', 'w', newline='') as f:
         w = csv.DictWriter(f, fieldnames=['device', *rows[0], 'wall_vs_best'])
         w.writeheader()
         for r in rows: w.writerow(dict(device=dev, **r, wall_vs_best=round(r['wall_s']/best, 2)))
-    lines = [f"paddy demo, end to end ({dev}; {a.busy} other busy process(es)); wall and CPU seconds, ratio to the fastest:"]
+    lines = [f"paddy demo, end to end ({dev}; {a.busy} busy process(es) started by the benchmark; the load average at each "
+             f"start shows the rest of the machine's work); wall and CPU seconds, ratio to the fastest:"]
     lines += [f"  threads={r['threads']} num_workers={r['num_workers']}: wall {r['wall_s']:6.1f} s ({r['wall_s']/best:4.2f}x), "
               f"CPU {r['cpu_s']:6.1f} s, load at start {r['load_at_start']:.1f}, hold-out error {r['holdout_error']}" for r in rows]
     (OUT/f'{name}.txt').write_text('\n'.join(lines) + '\n')
