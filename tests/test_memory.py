@@ -64,7 +64,7 @@ def test_free_learner():
     assert held - base > 100  # weights, gradients, Adam's two states
     free_learner(learn)
     assert learn.opt is None and learn.model is None and learn.dls is None and not learn.cbs
-    assert abs(rss_mib() - base) < 32  # back within a small margin (what it held: 4 × 36 MiB)
+    assert rss_mib() - base < (held - base)/4  # back near the baseline (what it held: 4 × 36 MiB; RSS moves ~10s of MiB on its own)
 
 def test_free_learner_keep_model():
     learn = _learner(64)
