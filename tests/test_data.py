@@ -37,3 +37,35 @@ def test_check_cli_reports_bad_data(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert 'no column variety' in r.stdout + r.stderr
     assert 'Traceback' not in r.stdout + r.stderr
+
+
+def _nowhere(monkeypatch, tmp_path):
+    "No local copy, not on Kaggle, no PADDY_DATA: `paddy_path()` has to download or say what to do."
+    import paddy_lib.data
+    work = tmp_path/'work'; work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(paddy_lib.data, 'iskaggle', False)
+    monkeypatch.delenv('PADDY_DATA', raising=False)
+    return work
+
+
+def test_paddy_path_rejected_key_is_a_clear_error(local_kaggle, tmp_path, monkeypatch):
+    "The real kaggle client, pointed at the local Kaggle with a key it refuses: a PaddyDataError saying what to check."
+    from paddy_lib.data import paddy_path, COMP
+    work = _nowhere(monkeypatch, tmp_path)
+    monkeypatch.setenv('KAGGLE_KEY', 'wrong')
+    try: paddy_path()
+    except SystemExit as e: pytest.fail(f'paddy_path let SystemExit({e.code}) escape')
+    except PaddyDataError as e: msg = str(e)
+    else: pytest.fail('paddy_path() found data that is not there')
+    assert f'Downloading {COMP} from Kaggle failed' in msg
+    for what in ('credentials', "accepted the competition's rules", 'connection'): assert what in msg, what
+    assert not (work/COMP).exists() and not list(work.glob('*.zip')), 'a failed download left files behind'
+
+
+def test_paddy_path_without_credentials_says_what_to_do(kaggle_empty_home, kaggle_no_internet, tmp_path, monkeypatch):
+    from paddy_lib.data import paddy_path
+    _nowhere(monkeypatch, tmp_path)
+    with pytest.raises(PaddyDataError) as e: paddy_path()
+    for what in ('was not found', 'KAGGLE_USERNAME and KAGGLE_KEY', 'kaggle.json', 'make_demo_paddy()'):
+        assert what in str(e.value), what
