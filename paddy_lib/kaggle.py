@@ -17,12 +17,13 @@ from .data import COMP, PaddyError, iskaggle, kaggle_input, kaggle_credentials, 
 import paddy_lib
 
 # %% auto #0
-__all__ = ['KAGGLE_SETUP', 'DATASET_LICENSES', 'first_code_cell', 'with_setup_cell', 'no_kaggle_credentials', 'KaggleError',
-           'KaggleCredentialsError', 'KaggleUnreachableError', 'KaggleMetadataError', 'kaggle_config_dir',
-           'find_kaggle_credentials', 'kaggle_username', 'kaggle_endpoint', 'kaggle_api', 'KaggleRequest',
-           'LocalKaggle', 'loopback_only', 'kaggle_slug', 'check_kernel_meta', 'course_root', 'course_notebooks',
-           'notebook_title', 'kernel_title', 'notebook_kernel_meta', 'write_kernel_folder', 'push_notebooks',
-           'build_wheel', 'wheel_requires', 'push_lib_dataset', 'submit', 'paddy_push', 'paddy_submit']
+__all__ = ['KAGGLE_SETUP', 'DATASET_LICENSES', 'PLACEHOLDER_USER', 'first_code_cell', 'with_setup_cell', 'no_kaggle_credentials',
+           'KaggleError', 'KaggleCredentialsError', 'KaggleUnreachableError', 'KaggleMetadataError',
+           'kaggle_config_dir', 'find_kaggle_credentials', 'kaggle_username', 'kaggle_endpoint', 'kaggle_api',
+           'KaggleRequest', 'LocalKaggle', 'loopback_only', 'kaggle_slug', 'check_kernel_meta', 'course_root',
+           'course_notebooks', 'notebook_title', 'kernel_title', 'notebook_kernel_meta', 'write_kernel_folder',
+           'push_notebooks', 'build_wheel', 'wheel_requires', 'push_lib_dataset', 'submit', 'paddy_push',
+           'paddy_submit']
 
 # %% ../nbs/07_kaggle.ipynb #1c5b9d45
 KAGGLE_SETUP = '''#| hide
@@ -524,13 +525,20 @@ def notebook_kernel_meta(nb:str|Path,              # the notebook
     return meta
 
 # %% ../nbs/07_kaggle.ipynb #8aec3671
+PLACEHOLDER_USER = 'your-kaggle-username'  # the owner a dry run writes into the ids when it knows no username
+
 def _user(user, dry_run):
     "The Kaggle username, and the client if it had to be built to learn it (an API token names no user)."
     user, api = user or kaggle_username(), None
-    if not user and not dry_run:
+    if not user and dry_run:
+        print(f"note: no Kaggle username given or found in your credentials, so this dry run writes its ids under the "
+              f"placeholder {PLACEHOLDER_USER!r}; pass `user` (`--user NAME` on the command line) for a real push.")
+        return PLACEHOLDER_USER, None
+    if not user:
         api = kaggle_api()  # no credentials at all: this raises the clearer error
         user = api.config_values.get('username')
-    if not user: raise KaggleMetadataError("No Kaggle username: pass `user` (your Kaggle username), or set KAGGLE_USERNAME.")
+    if not user: raise KaggleMetadataError("No Kaggle username: your credentials name none (an API token does not). Pass "
+                                           "`user` (`--user NAME` on the command line), or set KAGGLE_USERNAME.")
     return user, api
 
 def _own_folder(folder, marker):

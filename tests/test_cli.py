@@ -1,5 +1,5 @@
 "The `paddy` command as a user runs it: a separate process, killed and run again, exit codes and messages."
-import os, shutil, signal, subprocess, sys, time
+import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pandas as pd
@@ -79,3 +79,42 @@ def test_demo_killed_after_first_member_resumes_and_writes_submission(tmp_path):
     records = pd.read_csv(out/'records.csv')
     assert records.status.tolist() == ['loaded', 'trained', 'trained', 'trained']
     assert (records.accum == 2).all()
+
+
+# --- paddy push on a machine without Kaggle credentials ---
+
+def _course():
+    root = Path(__file__).resolve().parents[1]
+    return sorted(p for p in (root/'nbs').glob('*.ipynb') if p.name != 'index.ipynb' and not p.name.startswith('_'))
+
+
+def test_push_dry_run_needs_no_credentials(kaggle_empty_home, kaggle_no_internet, tmp_path, capsys):
+    "A dry run sends nothing: without credentials or --user it writes every folder under a placeholder owner, and says so."
+    from paddy_lib.kaggle import PLACEHOLDER_USER, check_kernel_meta
+    assert main(['push', '--dry-run', '--dest', str(tmp_path/'dry')]) == 0
+    out = capsys.readouterr().out
+    assert f"placeholder '{PLACEHOLDER_USER}'" in out and '--user' in out
+    course = _course()
+    assert sorted(d.name for d in (tmp_path/'dry').iterdir()) == sorted(nb.stem for nb in course)
+    for nb in course:
+        meta = json.loads((tmp_path/'dry'/nb.stem/'kernel-metadata.json').read_text())
+        assert meta['id'].startswith(f'{PLACEHOLDER_USER}/') and meta['code_file'] == nb.name
+        assert check_kernel_meta(meta) == []
+        assert (tmp_path/'dry'/nb.stem/nb.name).is_file()
+
+
+def test_real_push_without_credentials_is_a_clear_error(kaggle_empty_home, kaggle_no_internet, tmp_path, capsys):
+    assert main(['push', '--dest', str(tmp_path/'push')]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('paddy push: No Kaggle credentials found') and 'Traceback' not in err
+    assert 'KAGGLE_USERNAME and KAGGLE_KEY' in err and str(kaggle_empty_home/'.kaggle'/'kaggle.json') in err
+
+
+def test_real_push_without_a_username_names_the_option(kaggle_empty_home, kaggle_no_internet, tmp_path, capsys, monkeypatch):
+    "Credentials that name no user (an API token): a real push says to pass --user, and sends nothing."
+    import types, paddy_lib.kaggle as pk
+    monkeypatch.setattr(pk, 'kaggle_api', lambda: types.SimpleNamespace(config_values={}))  # a token's client: no username
+    assert main(['push', '--dest', str(tmp_path/'push')]) == 1
+    err = capsys.readouterr().err
+    assert 'No Kaggle username' in err and '--user NAME' in err and 'Traceback' not in err
+    assert not (tmp_path/'push').exists()
