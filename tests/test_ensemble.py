@@ -159,3 +159,19 @@ def test_holdout_is_shared_and_never_trained_on(data, tmp_path):
     assert res['holdout_ids'] == holdout_ids(data)
     assert len(res['holdout_preds']) == len(res['holdout_targs']) == len(holdout_ids(data))
     assert 0 <= res['record']['holdout_error'] <= 1
+
+
+def test_unknown_arch_fails_before_anything_trains(data, tmp_path):
+    logs = []
+    with pytest.raises(PaddyError, match="timm has no model 'no_such_net'"):
+        run_ensemble([A, Member('no_such_net', ('squish', 96), 32)], data, tmp_path/'u', log=logs.append, **FAST)
+    assert logs == [] and not (tmp_path/'u').exists()
+
+
+def test_holdout_ignores_row_order_and_new_images(data, tmp_path):
+    trn = pd.read_csv(data/'train.csv')
+    trn.iloc[::-1].to_csv(tmp_path/'train.csv', index=False)
+    assert holdout_ids(tmp_path) == holdout_ids(data)
+    extra = trn.assign(image_id=[f'new{i}.jpg' for i in range(len(trn))])
+    pd.concat([extra, trn]).to_csv(tmp_path/'train.csv', index=False)
+    assert [i for i in holdout_ids(tmp_path) if not i.startswith('new')] == holdout_ids(data)
