@@ -59,7 +59,7 @@ def paddy_demo(out:str='paddy_demo',     # folder for the members' results and s
                num_workers:int=None,     # DataLoader worker processes (default: 0 on a CPU, the fastest there)
                threads:int=1,            # PyTorch's CPU threads (1: fastest on a small CPU shared with other work)
               ):
-    "Train a small ensemble on the demo data on this machine (a CPU will do) and write submission.csv."
+    "Train a small ensemble on the demo data on this machine (its GPU if it has one; a CPU will do) and write submission.csv."
     t0 = time.perf_counter()
     import torch
     if threads: torch.set_num_threads(threads)
@@ -109,7 +109,7 @@ COMMANDS = {  # command -> (module, function): imported only when the command ru
     'submit':   ('paddy_lib.kaggle', 'paddy_submit'),
 }
 _SUMMARY = {  # one line each for `paddy --help`, without importing the commands' modules
-    'demo': "the main job on any machine: demo data, a small ensemble on the CPU, submission.csv",
+    'demo': "the main job on any machine: demo data, a small ensemble (on the GPU if any, else the CPU), submission.csv",
     'ensemble': "train an ensemble on real data (the seed's eight by default), resumable, memory-fitted",
     'check': "check a Paddy Doctor dataset before training on it",
     'push': "push the course's notebooks (and the library's wheels) to Kaggle",
