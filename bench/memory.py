@@ -8,8 +8,9 @@ CPU (demo data, a CPU memory budget on the process's resident memory):
   (a) resnet18 and convnext_atto at 128 px (item `Resize(160)`), 64 items per optimizer step, accum 1, 2, 4, 8:
       `measure` with `steps` optimizer steps plus one micro-batch; peak MiB (the kernel's peak RSS) and items/s
       (the training batches after the first).
-  (b) `find_accum` for resnet18 at a budget halfway between its accum=1 and accum=4 peaks from (a), with gradient
-      checkpointing: its pick, predicted against measured peak, the probes it needed, and checkpointing's saving.
+  (b) `find_accum` for convnext_atto at a budget halfway between its accum=1 and accum=4 peaks from (a), with gradient
+      checkpointing (timm's ConvNeXt keeps only each block's input; resnet18's stages save little): its pick, predicted
+      against measured peak, the probes it needed, and checkpointing's saving.
 GPU (the seed's configurations; the dataset `paddy_data()` finds: the real one if present, else the demo, which needs
 the same memory at the same sizes; pretrained weights only at full scale):
   (a) the seed's probe: convnext_small_in22k at 128 px with accum 1, 2, 4 (CUDA context + peak reserved, and the
@@ -92,8 +93,9 @@ def cpu(steps):
     rows += sweep('accum sweep', 'resnet18', 128, item, (1, 2, 4, 8), steps, path, 'cpu')
     rows += sweep('accum sweep', 'convnext_atto', 128, item, (1, 2, 4, 8), steps, path, 'cpu')
     pk = {r['accum']: r['peak_mib'] for r in rows if r['arch'] == 'resnet18'}
-    budget = (pk[1] + pk[4]) / 2
-    row, c = pick('find_accum', 'resnet18', 128, item, budget, steps, path, device='cpu', grad_ckpt=True)
+    ck = {r['accum']: r['peak_mib'] for r in rows if r['arch'] == 'convnext_atto'}
+    budget = (ck[1] + ck[4]) / 2
+    row, c = pick('find_accum', 'convnext_atto', 128, item, budget, steps, path, device='cpu', grad_ckpt=True)
     rows.append(row)
     load = ', '.join(f'{x:.1f}' for x in os.getloadavg()) if hasattr(os, 'getloadavg') else 'n/a'
     lines = [f"device: {device_name('cpu')}; torch {torch.__version__}, {torch.get_num_threads()} threads; {time.time()-t0:.0f} s; "
@@ -101,7 +103,8 @@ def cpu(steps):
              "memory = peak resident memory of the process (the kernel's VmHWM, reset per probe), MiB; "
              "items/s over the training micro-batches after the first",
              f"resnet18 @ 128: peak accum 1 -> 2 -> 4 -> 8: " + ' -> '.join(f"{pk[a]:,.0f}" for a in (1, 2, 4, 8)) + ' MiB',
-             f"find_accum(budget {budget:,.0f} MiB, halfway between accum 1 and 4): accum={int(c)}, predicted "
+             f"convnext_atto @ 128: peak accum 1 -> 2 -> 4 -> 8: " + ' -> '.join(f"{ck[a]:,.0f}" for a in (1, 2, 4, 8)) + ' MiB',
+             f"find_accum(convnext_atto, budget {budget:,.0f} MiB, halfway between accum 1 and 4): accum={int(c)}, predicted "
              f"{c.predicted:,.0f} MiB, probe {c.measured:,.0f} MiB, re-measured {row['peak_mib']:,.0f} MiB "
              f"({'fits' if row['peak_mib'] <= budget else 'OVER'}); line {c.fixed_mib:,.0f} MiB + {c.per_item_mib:.2f} MiB/item; "
              f"{(c.probes.role != 'ckpt').sum()} probes",
