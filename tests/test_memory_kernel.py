@@ -67,13 +67,13 @@ def test_ipyexperiments_cells_ran(executed):
     assert '*** Experiment memory:' in end
     deleted = re.search(r'Deleted: (.*)', end)
     assert deleted and {'learn', 'xb', 'yb'} <= {v.strip() for v in deleted.group(1).split(',')}, end
-    m = re.search(r"ipyexperiments: the experiment's cells consumed ([\d,]+) MiB, ([\d,]+) MiB came back", end)
+    m = re.search(r"ipyexperiments: the experiment's cells consumed (-?[\d,]+) MiB, (-?[\d,]+) MiB came back", end)
     assert m, end
-    consumed, back = (int(g.replace(',', '')) for g in m.groups())
+    consumed, back = (int(g.replace(',', '')) for g in m.groups())  # "back" can print as -0: read before malloc_trim
     assert consumed > 50  # a learner's worth of memory (ipyexperiments' "reclaimed" is taken before the C heap gives
                           # freed pages back, so it can read 0: the notebook's own line below is after `malloc_trim`)
     after = re.search(r'after the experiment: ([+-][\d,]+) MiB over its start', end)
-    assert after and int(after.group(1).replace(',', '')) < 32, end
+    assert after and int(after.group(1).replace(',', '')) < consumed/4, end  # back near the start (RSS moves 10s of MiB)
 
 def test_committed_outputs_show_the_skip():
     "Under nbdev-test (whose outputs are committed) the same cells stepped aside and said why."
