@@ -53,7 +53,7 @@ def _report(run, dest, t0):
 def paddy_demo(out:str='paddy_demo',     # folder for the members' results and submission.csv
                epochs:int=DEMO_EPOCHS,   # fine_tune epochs per member
                data:str=None,            # demo data folder (default: $PADDY_DEMO, else ~/.cache/paddy_lib/...)
-               budget_mib:float=None,    # a memory budget: members without their own accum get one from find_accum
+               budget_mib:float=None,    # MiB each member may use: find_accum picks accums under it, a member over it is retried at a larger accum
                retrain:bool=False,       # train every member again, even those already saved in `out`
                progress:bool=True,       # show fastai's progress bars (--no-progress: only the members' lines)
                num_workers:int=None,     # DataLoader worker processes (default: 0 on a CPU, the fastest there)
@@ -78,7 +78,7 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
                    configs:str=None,       # a JSON or YAML file listing the members (default: the seed's eight)
                    out:str='ensemble_runs', # folder for the members' results (a second run resumes from it)
                    epochs:int=12,          # fine_tune epochs per member
-                   budget_mib:float=None,  # memory budget for members without an accum (default: 16,280 MiB on a GPU)
+                   budget_mib:float=None,  # MiB each member may use: picks accums, retries members over it (default: 16,280 on a GPU)
                    submission:str='submission.csv', # where to write the submission
                    holdout_pct:float=0.2,  # share of the training images held out to score members and ensembles
                    pretrained:bool=None,   # pretrained weights (default: yes at full scale)

@@ -16,7 +16,7 @@ from fastai.torch_core import set_seed
 from fastai.vision.all import Resize, ResizeMethod
 from .data import PaddyError, paddy_data, paddy_scale, get_test_files, check_submission
 from .training import paddy_learner, timm_arch
-from .memory import peak_memory, free_learner, find_accum, BudgetError, device_name
+from .memory import peak_memory, free_learner, find_accum, hold_to_budget, MemoryBudget, BudgetError, device_name
 
 # %% auto #0
 __all__ = ['SEED_CONFIGS', 'DEMO_CONFIGS', 'Member', 'as_member', 'load_members', 'members_from_dict', 'ensemble_preds',
@@ -260,9 +260,10 @@ def _holdout_files(path, hold):
     return [Path(path)/'train_images'/df.label[i]/i for i in hold]
 
 def _train_member(m, accum, path, hold, hold_files, tst_files, key, epochs, lr, eff_bs, max_accum, pretrained, finetune,
-                  num_workers, cbs, progress, log, **kwargs):
+                  num_workers, cbs, progress, log, budget_mib=None, **kwargs):
     "Train one member (doubling `accum` on out-of-memory); its result dict, or None if it can't fit."
     retries = 0
+    on_cpu = not torch.cuda.is_available()  # where `paddy_learner` trains
     while True:
         learn, t0 = None, time.perf_counter()
         try:
@@ -270,7 +271,8 @@ def _train_member(m, accum, path, hold, hold_files, tst_files, key, epochs, lr, 
             with peak_memory() as pm:
                 learn = paddy_learner(m.arch, m.size, item=m.resize, accum=accum, path=path, eff_bs=eff_bs,
                                       splitter=HoldoutSplitter(hold, seed=int(key[8:16], 16)), pretrained=pretrained,
-                                      num_workers=num_workers, cbs=cbs, **m.kwargs, **kwargs)
+                                      num_workers=num_workers, **m.kwargs, **kwargs,  # a CPU's budget: checked while training
+                                      cbs=[*L(cbs), *([MemoryBudget(budget_mib)] if budget_mib and on_cpu else [])])
                 with contextlib.ExitStack() as quiet:
                     if not progress: quiet.enter_context(learn.no_bar()); quiet.enter_context(learn.no_logging())
                     if finetune: learn.fine_tune(epochs, lr)
@@ -376,7 +378,7 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
                  out_dir:str|Path='ensemble_runs', # where each member's result is saved as it finishes
                  epochs:int=12,                # epochs per member (the seed's 12)
                  lr:float=0.01,                # learning rate (the seed's)
-                 budget_mib:float|None=None,   # memory budget for `find_accum` (None: 16,280 MiB on CUDA; accum 1 on a CPU)
+                 budget_mib:float|None=None,   # MiB each member may use: `find_accum` picks under it, training is held to it (None: 16,280 on CUDA, none on a CPU)
                  holdout_pct:float=0.2,        # share of the training images held out from every member
                  holdout_seed:int=42,          # which images: the hash's seed
                  eff_bs:int=64,                # items per optimizer step
@@ -424,8 +426,9 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
                 accum = (find_accum(m.arch, m.size, budget_mib, eff_bs, item=m.resize, path=path, verbose=False,
                                     pretrained=pretrained, **m.kwargs) if budget_mib else 1)
                 log(f"  accum={int(accum)}" + (f" (find_accum, budget {budget_mib:,.0f} MiB)" if budget_mib else " (no budget on a CPU)"))
-            res = _train_member(m, int(accum), path, hold, hold_files, tst_files, key, epochs, lr, eff_bs, max_accum,
-                                pretrained, finetune, num_workers, cbs, progress, log, **kwargs)
+            with hold_to_budget(budget_mib) if budget_mib else contextlib.nullcontext():  # CUDA: the allocator's limit
+                res = _train_member(m, int(accum), path, hold, hold_files, tst_files, key, epochs, lr, eff_bs, max_accum,
+                                    pretrained, finetune, num_workers, cbs, progress, log, budget_mib, **kwargs)
         except BudgetError as e:
             log(f"  doesn't fit: {e}"); res = None
         except KeyboardInterrupt:

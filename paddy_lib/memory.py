@@ -19,7 +19,8 @@ from .training import train
 
 # %% auto #0
 __all__ = ['MiB', 'HWM_OK', 'rss_mib', 'collect', 'report_gpu', 'peak_memory', 'free_learner', 'device_name', 'probe_folder',
-           'measure', 'plot_peaks', 'saved_activations', 'memory_anatomy', 'BudgetError', 'AccumChoice', 'find_accum']
+           'measure', 'plot_peaks', 'saved_activations', 'memory_anatomy', 'BudgetError', 'AccumChoice',
+           'hold_to_budget', 'find_accum', 'MemoryBudget']
 
 # %% ../nbs/03_memory.ipynb #7526b097
 MiB = 2**20
@@ -376,7 +377,33 @@ def _accums(eff_bs:int, min_bs:int) -> list:
     "The powers of two that divide `eff_bs` into micro-batches of at least `min_bs` items, ascending."
     return [a for a in (2**k for k in range(eff_bs.bit_length())) if eff_bs % a == 0 and eff_bs//a >= min_bs]
 
-# %% ../nbs/03_memory.ipynb #6c6b4ea4
+@contextlib.contextmanager
+def hold_to_budget(budget_mib:float, # the most the process may use, in MiB
+                   device=None,      # 'cpu', 'cuda', 'cuda:1' or a torch.device (default: CUDA if available)
+                  ):
+    "Hold the code inside to `budget_mib`: CUDA's `set_per_process_memory_fraction`, restored after; a CPU: only check it."
+    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if dev.type == 'cpu':  # the CPU has no such limit: `MemoryBudget` checks the peak while training
+        if budget_mib <= rss_mib():
+            raise BudgetError(f"The budget ({budget_mib:,.0f} MiB) is less than this process already holds ({rss_mib():,.0f} MiB "
+                              f"resident, before any model): raise it, or free memory first (free_learner, del, collect()).")
+        yield; return
+    if dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
+    collect()
+    free, total = torch.cuda.mem_get_info(dev)
+    other = (total-free)/MiB - torch.cuda.memory_reserved(dev)/MiB  # the CUDA context (+ other processes)
+    if budget_mib <= other:
+        raise BudgetError(f"The budget ({budget_mib:,.0f} MiB) is less than this GPU already uses outside PyTorch's "
+                          f"allocator (the CUDA context and other processes: {other:,.0f} MiB).")
+    old_frac = None
+    if budget_mib < total/MiB:
+        old_frac = getattr(torch.cuda, 'get_per_process_memory_fraction', lambda d: 1.0)(dev)
+        torch.cuda.set_per_process_memory_fraction((budget_mib-other)/(total/MiB), dev)
+    try: yield
+    finally:
+        if old_frac is not None: torch.cuda.set_per_process_memory_fraction(old_frac, dev)
+
+# %% ../nbs/03_memory.ipynb #be373a19
 def find_accum(arch:str,                 # timm model name (the seed's names work too)
                size:int|tuple,           # training image size
                budget_mib:float=16280,   # the most the run may use: a Kaggle GPU's 16,280 MiB; on a CPU, resident MiB
@@ -439,21 +466,8 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
             + ('ran out of memory' if r['oom'] else f"peaked at {r['peak_mib']:,.0f} MiB") + ". Raise the budget, or use a "
             "smaller model, image size or precision; gradient checkpointing (grad_ckpt=True) shrinks the activations only.")
 
-    old_frac = None
-    try:
-        if dev.type == 'cpu' and budget_mib <= rss_mib():
-            raise BudgetError(f"The budget ({budget_mib:,.0f} MiB) is less than this process already holds ({rss_mib():,.0f} MiB "
-                              f"resident, before any model): raise it, or free memory first (free_learner, del, collect()).")
-        if dev.type == 'cuda' and limit:
-            collect()
-            free, total = torch.cuda.mem_get_info(dev)
-            other = (total-free)/MiB - torch.cuda.memory_reserved(dev)/MiB  # the CUDA context (+ other processes)
-            if budget_mib <= other:
-                raise BudgetError(f"The budget ({budget_mib:,.0f} MiB) is less than this GPU already uses outside PyTorch's "
-                                  f"allocator (the CUDA context and other processes: {other:,.0f} MiB).")
-            if budget_mib < total/MiB:
-                old_frac = getattr(torch.cuda, 'get_per_process_memory_fraction', lambda d: 1.0)(dev)
-                torch.cuda.set_per_process_memory_fraction((budget_mib-other)/(total/MiB), dev)
+    with contextlib.ExitStack() as held:
+        if dev.type == 'cpu' or limit: held.enter_context(hold_to_budget(budget_mib, dev))  # CPU: checks the budget only
         if verbose: print(f"find_accum: {arch} at {size} px, {eff_bs} items per step, budget {budget_mib:,.0f} MiB"
                           + (f" (picks under {limit:,.0f}, keeping {margin:.0%} free)" if margin else '') + f" on {device_name(dev)}")
         if len(ms) == 1: return done(ms[0]) if probe(ms[0], 'probe') else impossible(ms[0])
@@ -504,5 +518,36 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
                               f"{res.ckpt['time_ratio']:.2f}× the time per item" + ('' if 2*pick not in ms else
                               f"; accum={int(res)//2} with it: " + {None: 'not tried (predicted over)', True: 'fits', False: 'over'}[half]))
         return res
-    finally:
-        if old_frac is not None: torch.cuda.set_per_process_memory_fraction(old_frac, dev)
+
+# %% ../nbs/03_memory.ipynb #1cb933ad
+def _hwm_restart():
+    "Reset `VmHWM` (where that works), first handing its peak so far to the open CPU `peak_memory` blocks."
+    if not HWM_OK: return
+    for c in _active:
+        if c.method == 'VmHWM': c._seen = max(c._seen, c._running_peak())
+    _hwm_reset()
+
+class MemoryBudget(Callback):
+    "A CPU's out-of-memory: raise `torch.OutOfMemoryError` when a training micro-batch takes this process's peak resident memory over `budget_mib`."
+    def __init__(self, budget_mib:float, # the most this process may hold while training, in resident MiB
+                ):
+        if isinstance(budget_mib, bool) or not isinstance(budget_mib, numbers.Real) or not budget_mib > 0:
+            raise PaddyError(f"MemoryBudget(budget_mib={budget_mib!r}): the budget is a positive number of MiB of resident memory.")
+        self.budget_mib, self.peak = float(budget_mib), None
+    def before_fit(self):
+        if self.dls.device.type != 'cpu':
+            raise PaddyError(f"MemoryBudget holds a CPU run's resident memory, but this learner trains on {self.dls.device}: "
+                             "on CUDA, hold it to the budget with `hold_to_budget(budget_mib)` instead.")
+        _hwm_restart()
+        self.peak = rss_mib()
+    def _check(self):
+        if not self.training: return
+        now = max(_hwm_mib(), rss_mib()) if HWM_OK else rss_mib()
+        self.peak = max(self.peak, now)
+        if now > self.budget_mib:
+            raise torch.OutOfMemoryError(
+                f"CPU out of memory: resident peak {now:,.0f} MiB, over the budget of {self.budget_mib:,.0f} MiB (MemoryBudget), "
+                f"training {len(self.yb[0])} items per micro-batch. Use fewer items per micro-batch (a larger accum), a smaller "
+                "model, image size or precision, or raise the budget.")
+    def after_loss(self): self._check()      # the forward pass's activations are all held here
+    def after_backward(self): self._check()  # the gradients too (the optimizer's state shows at the next micro-batch)

@@ -96,12 +96,29 @@ def test_member_that_never_fits_is_skipped_and_run_goes_on(data, tmp_path):
 
 
 def test_tiny_budget_is_a_budget_error_not_a_crash(data, tmp_path):
-    "A budget below what the process already holds: find_accum's BudgetError skips the member; others still train."
+    "A budget below what the process already holds: a BudgetError (find_accum's, hold_to_budget's) skips each member."
     logs = []
     run = run_ensemble([Member('test_resnet', ('squish', 96), 32), A], data, tmp_path/'budget', budget_mib=10,
                        log=logs.append, **FAST)
-    assert run.status == ['failed', 'trained']
-    assert any("doesn't fit" in l and 'budget' in l for l in logs)
+    assert run.status == ['failed', 'failed']
+    assert sum("doesn't fit" in l and 'budget' in l for l in logs) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='MemoryBudget holds CPU runs; on CUDA the budget is the allocator limit')
+def test_budget_forces_a_real_out_of_memory_and_a_retry(data, tmp_path):
+    "No stand-in: a member over a CPU budget (MemoryBudget) runs out of memory, is freed, retried at a larger accum, done."
+    from paddy_lib.memory import measure
+    big = Member('convnext_atto', ('squish', 160), 128, accum=1)   # activations dominate: the peak falls with accum
+    pk = {a: measure(big.arch, big.size, accum=a, item=big.resize, eff_bs=32, path=data, device='cpu')['peak_mib']
+          for a in (1, 4)}
+    assert pk[1] > pk[4]
+    logs = []
+    run = run_ensemble([big], data, tmp_path/'budget_oom', budget_mib=(pk[1] + pk[4])/2, log=logs.append,
+                       **{**FAST, 'eff_bs': 32})
+    assert run.status == ['trained'], logs
+    r = run.results[0]['record']
+    assert r['oom_retries'] >= 1 and r['accum'] == 2**r['oom_retries']
+    assert any('out of memory at accum=1' in l and 'CPU out of memory: resident peak' in l and 'over the budget of' in l for l in logs)
 
 
 def test_member_file_is_keyed_by_what_made_it(data):
