@@ -293,7 +293,9 @@ def _train_member(m, accum, path, hold, hold_files, tst_files, key, epochs, lr, 
         except Exception as e:
             if not _is_oom(e): raise
             lines = [l.strip() for l in str(e).splitlines() if l.strip()]  # fastai prefixes the callback's name on a line of its own
-            msg = f"{type(e).__name__}: {next((l for l in lines if 'memory' in l), lines[0] if lines else '')[:160]}"
+            line = next((l for l in lines if 'memory' in l), lines[0] if lines else '')
+            line = line.split('. ')[0].rstrip('.')  # its first sentence: what ran out, and by how much
+            msg = f"{type(e).__name__}: {line if len(line) <= 200 else line[:199] + '…'}"
         if learn is not None: free_learner(learn)
         learn = None
         if 2*accum > max_accum or eff_bs % (2*accum):
