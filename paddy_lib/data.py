@@ -18,7 +18,8 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, RandomSplit
 # %% auto #0
 __all__ = ['COMP', 'LABELS', 'VARIETIES', 'TRAIN_COLS', 'SUBM_COLS', 'iskaggle', 'PaddyError', 'PaddyDataError', 'demo_path',
            'make_demo_paddy', 'kaggle_input', 'kaggle_credentials', 'paddy_path', 'paddy_scale', 'paddy_data',
-           'check_paddy', 'get_variety', 'smallest_label', 'get_test_files', 'paddy_dls', 'check_submission']
+           'is_demo_data', 'default_pretrained', 'check_paddy', 'get_variety', 'smallest_label', 'get_test_files',
+           'paddy_dls', 'check_submission']
 
 # %% ../nbs/00_data.ipynb #3cef32f4
 COMP = 'paddy-disease-classification'  # the Kaggle competition's slug
@@ -186,6 +187,17 @@ def paddy_data(scale:str|None=None, # 'demo' or 'full' (default: `paddy_scale()`
     scale = scale or paddy_scale()
     if scale not in ('demo', 'full'): raise PaddyError(f"scale={scale!r}: use 'demo' or 'full'.")
     return make_demo_paddy() if scale == 'demo' else paddy_path()
+
+# %% ../nbs/00_data.ipynb #9c13c303
+def is_demo_data(path:str|Path|None, # a dataset root (None: no dataset given)
+                )->bool:             # made by `make_demo_paddy`?
+    "Is `path` a demo dataset made by `make_demo_paddy` (so: offline, train from random weights)?"
+    return path is not None and (Path(path)/'.paddy_demo.json').is_file()
+
+def default_pretrained(path:str|Path|None, # the dataset a model will train on (None: `paddy_data()`'s)
+                      )->bool:             # use pretrained weights?
+    "`pretrained=None` resolved from the data: False on the demo data, True on any other."
+    return not is_demo_data(path if path is not None else paddy_data())
 
 # %% ../nbs/00_data.ipynb #9f4f93e7
 def _bad_image(f):
