@@ -27,14 +27,16 @@ __all__ = ['KAGGLE_SETUP', 'DATASET_LICENSES', 'PLACEHOLDER_USER', 'first_code_c
 
 # %% ../nbs/07_kaggle.ipynb #1c5b9d45
 KAGGLE_SETUP = '''#| hide
-# On Kaggle: make `paddy_lib` importable (from PyPI with internet, else from an attached dataset of its wheels)
+# On Kaggle: install `paddy_lib` from the attached dataset of its wheels (`paddy push --lib`); it is not on PyPI
 import os, sys, glob, subprocess
 if os.environ.get('KAGGLE_KERNEL_RUN_TYPE'):
     try: import paddy_lib
     except ImportError:
         whl = glob.glob('/kaggle/input/**/paddy_lib-*.whl', recursive=True)
-        src = ['--no-index', '--no-deps', *glob.glob(os.path.join(os.path.dirname(whl[0]), '*.whl'))] if whl else ['paddy_lib']
-        subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', *src], check=True)'''
+        if not whl: raise ImportError("paddy_lib is not installed and no dataset of its wheels is attached (paddy_lib is "
+            "not on PyPI): attach the wheels dataset made by `paddy push --lib` (or `push_lib_dataset`) and run again") from None
+        subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps',
+                        *glob.glob(os.path.join(os.path.dirname(whl[0]), '*.whl'))], check=True)'''
 
 def _src(cell): return ''.join(cell.get('source', ''))
 
@@ -512,7 +514,7 @@ def notebook_kernel_meta(nb:str|Path,              # the notebook
                          lib_dataset:str|None='paddy-lib', # the library's dataset, 'slug' (of `user`) or 'owner/slug'
                          gpu:bool=True,             # run on a GPU
                          accelerator:str|None=None, # Kaggle machine shape, passed unchanged (None: Kaggle's default GPU)
-                         internet:bool=True,        # internet on (the setup cell can then pip install from PyPI)
+                         internet:bool=True,        # internet on (not needed to install paddy_lib: that comes from `lib_dataset`)
                          private:bool=True,         # visible only to you
                         )->dict:
     "The kernel-metadata.json for pushing notebook `nb`."
@@ -584,8 +586,9 @@ def push_notebooks(user:str|None=None,        # Kaggle username (default: from y
     metas = [notebook_kernel_meta(n, user, titles.get(n.name), competition, lib_dataset, gpu, accelerator, internet,
                                   private) for n in nbs]
     errs = [e for n, m in zip(nbs, metas) for e in check_kernel_meta(m, n.name)]
-    if not internet and not lib_dataset:
-        errs.append("with the internet off, the notebooks can install paddy_lib only from the wheels dataset: pass `lib_dataset`")
+    if not lib_dataset:
+        errs.append("the notebooks can install paddy_lib only from its wheels dataset (it is not on PyPI): pass `lib_dataset` "
+                    "(`--lib-dataset`), after pushing it with `push_lib_dataset` (`paddy push --lib`)")
     dups = {m['id'] for m in metas if [x['id'] for x in metas].count(m['id']) > 1}
     errs += [f"{n.name}: the id {m['id']} is used by another notebook too" for n, m in zip(nbs, metas) if m['id'] in dups]
     if errs: raise KaggleMetadataError("Nothing was sent: fix these first.\n- " + '\n- '.join(errs))
@@ -717,7 +720,7 @@ def paddy_push(*notebooks:str,            # notebooks to push (default: the whol
                competition:str=COMP,      # competition attached to each notebook
                gpu:bool=True,             # run on a GPU; --no-gpu: on the CPU
                accelerator:str=None,      # Kaggle machine shape, passed unchanged (default: Kaggle's GPU)
-               internet:bool=True,        # internet on; --no-internet: off (then the wheels dataset installs paddy_lib)
+               internet:bool=True,        # internet on; --no-internet: off (paddy_lib comes from the wheels dataset either way)
                public:bool=False,         # make the notebooks public
                lib_dataset:str='paddy-lib', # the wheels dataset to attach ('' : none)
                lib:bool=False,            # also build and push the wheels dataset first

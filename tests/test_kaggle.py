@@ -103,10 +103,36 @@ def test_bad_titles_stop_everything_before_sending(local_kaggle, tmp_path):
     assert f"{COURSE[0].name}: the title 'Tiny' has 4 characters" in msg and msg.startswith('Nothing was sent')
     assert lk.requests == [] and not (tmp_path/'push').exists()
 
-def test_internet_off_needs_the_wheels_dataset(local_kaggle, tmp_path):
-    with pytest.raises(KaggleMetadataError, match='internet off.*pass `lib_dataset`'):
-        push_notebooks(notebooks=COURSE[:1], internet=False, lib_dataset=None, dest=tmp_path/'push')
-    assert local_kaggle.requests == []
+@pytest.mark.parametrize('internet', [True, False])
+def test_no_wheels_dataset_stops_the_push(internet, local_kaggle, tmp_path):
+    "paddy_lib is not on PyPI: without its wheels dataset the pushed notebooks could not install it, internet or not."
+    with pytest.raises(KaggleMetadataError, match=r'not on PyPI\): pass `lib_dataset`'):
+        push_notebooks(notebooks=COURSE[:1], internet=internet, lib_dataset=None, dest=tmp_path/'push')
+    assert local_kaggle.requests == [] and not (tmp_path/'push').exists()
+
+# --- the setup cell, run for real with `pip` recorded instead of run ---
+
+def _run_setup(monkeypatch, wheels, calls=None):
+    "Run KAGGLE_SETUP as on Kaggle with paddy_lib not importable and `wheels` under /kaggle/input: the pip commands."
+    import glob
+    monkeypatch.setenv('KAGGLE_KERNEL_RUN_TYPE', 'Interactive')
+    monkeypatch.setitem(sys.modules, 'paddy_lib', None)  # `import paddy_lib` raises ImportError
+    monkeypatch.setattr(glob, 'glob', lambda *a, **k: list(wheels))
+    calls = [] if calls is None else calls
+    monkeypatch.setattr(subprocess, 'run', lambda cmd, **k: calls.append(cmd))
+    exec(KAGGLE_SETUP, {})
+    return calls
+
+def test_setup_cell_without_wheels_raises_and_installs_nothing(monkeypatch):
+    calls = []
+    with pytest.raises(ImportError, match=r'no dataset of its wheels is attached.*not on PyPI.*`paddy push --lib`'):
+        _run_setup(monkeypatch, [], calls)
+    assert calls == []  # never `pip install paddy_lib` from PyPI
+
+def test_setup_cell_installs_only_the_attached_wheels(monkeypatch):
+    whl = '/kaggle/input/paddy-lib/paddy_lib-0.1.0-py3-none-any.whl'
+    calls = _run_setup(monkeypatch, [whl])
+    assert calls == [[sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', whl]]
 
 def test_never_overwrites_a_folder_it_did_not_write(local_kaggle, tmp_path):
     mine = tmp_path/'push'/COURSE[0].stem
@@ -260,8 +286,10 @@ def test_wrong_key_is_a_credentials_error(local_kaggle, submission_csv, kaggle_d
 
 def test_each_call_sees_the_environment_of_its_time(kaggle_empty_home, kaggle_no_internet, tmp_path):
     "`from kaggle import api` fixes server and credentials at import; `kaggle_api` reads them per call."
-    with LocalKaggle(user='first-user') as a: push_notebooks(notebooks=COURSE[:1], dest=tmp_path/'a', lib_dataset=None)
-    with LocalKaggle(user='second-user') as b: push_notebooks(notebooks=COURSE[:1], dest=tmp_path/'b', lib_dataset=None)
+    with LocalKaggle(user='first-user', datasets=['first-user/paddy-lib']) as a:
+        push_notebooks(notebooks=COURSE[:1], dest=tmp_path/'a')
+    with LocalKaggle(user='second-user', datasets=['second-user/paddy-lib']) as b:
+        push_notebooks(notebooks=COURSE[:1], dest=tmp_path/'b')
     assert [r.user for r in a.requests] == ['first-user'] and [r.user for r in b.requests] == ['second-user']
 
 def test_the_guard_catches_a_request_to_the_real_kaggle(kaggle_empty_home, monkeypatch, tmp_path):
