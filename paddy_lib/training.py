@@ -86,7 +86,7 @@ class StopAfter(Callback):
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise PaddyError(f"StopAfter(n={n!r}): `n` is a number of training batches, a positive int.")
         self.n, self.count = int(n), 0
-    def before_fit(self):
+    def before_train(self):  # not `before_fit`: `tta` calls `before_fit` too, and must still predict after a short fit
         if self.count >= self.n: raise CancelFitException()
     def after_batch(self):
         if not self.training: return

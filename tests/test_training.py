@@ -53,3 +53,10 @@ def test_train_demo(path):
     assert torch.allclose(preds.sum(1), torch.ones(40), atol=1e-5)
     assert learn.step_items.sizes == [64, 64, 64, 32]*2  # fine_tune's two fits: 7 batches of 32 each, the last flushed
     assert train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, finetune=False, n_batches=2, num_workers=0) is None
+
+def test_train_n_batches_finetune(path):
+    "`n_batches` stops training, not the TTA that `fine_tune` is followed by (fastai's `tta` runs `before_fit`)."
+    learn, (preds, targs) = train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, seed=0, num_workers=0,
+                                  n_batches=2, return_learner=True, cbs=StepItems())
+    assert learn.stop_after.count == 2 and learn.step_items.sizes == [64]
+    assert preds.shape == (40, 10) and targs is None
