@@ -6,7 +6,7 @@ Docs: https://paddy-lib.github.io/paddy_lib/memory.html.md"""
 
 # %% ../nbs/03_memory.ipynb #a340fa19
 from __future__ import annotations
-import contextlib, ctypes, ctypes.util, functools, gc, math, numbers, os, platform, threading, time
+import contextlib, ctypes, ctypes.util, functools, gc, math, numbers, os, platform, threading, time, warnings
 from pathlib import Path
 import psutil, torch, pandas as pd
 from fastcore.basics import defaults
@@ -18,9 +18,9 @@ from .data import PaddyError, paddy_data, paddy_dls
 from .training import train
 
 # %% auto #0
-__all__ = ['MiB', 'HWM_OK', 'rss_mib', 'collect', 'report_gpu', 'peak_memory', 'free_learner', 'device_name', 'probe_folder',
-           'measure', 'plot_peaks', 'saved_activations', 'memory_anatomy', 'BudgetError', 'AccumChoice',
-           'hold_to_budget', 'find_accum', 'MemoryBudget']
+__all__ = ['MiB', 'HWM_OK', 'KAGGLE_GPU_MIB', 'rss_mib', 'collect', 'report_gpu', 'peak_memory', 'free_learner', 'device_name',
+           'probe_folder', 'measure', 'plot_peaks', 'saved_activations', 'memory_anatomy', 'BudgetError', 'AccumChoice',
+           'default_budget', 'hold_to_budget', 'find_accum', 'MemoryBudget']
 
 # %% ../nbs/03_memory.ipynb #7526b097
 MiB = 2**20
@@ -377,20 +377,37 @@ def _accums(eff_bs:int, min_bs:int) -> list:
     "The powers of two that divide `eff_bs` into micro-batches of at least `min_bs` items, ascending."
     return [a for a in (2**k for k in range(eff_bs.bit_length())) if eff_bs % a == 0 and eff_bs//a >= min_bs]
 
+KAGGLE_GPU_MIB = 16280  # a Kaggle GPU's memory, the seed's budget
+
+def _device(device=None) -> torch.device:
+    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if dev.type == 'cuda' and dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
+    return dev
+
+def default_budget(device=None, # 'cpu', 'cuda', 'cuda:1' or a torch.device (default: CUDA if available)
+                  )->float:     # MiB
+    "The budget when none is given: a Kaggle GPU's 16,280 MiB, or a smaller card's total; on a CPU, 16,280 resident MiB."
+    dev = _device(device)
+    if dev.type != 'cuda': return float(KAGGLE_GPU_MIB)
+    return float(min(KAGGLE_GPU_MIB, torch.cuda.mem_get_info(dev)[1]/MiB))
+
 @contextlib.contextmanager
-def hold_to_budget(budget_mib:float, # the most the process may use, in MiB
+def hold_to_budget(budget_mib:float, # the most the process may use, in MiB (over a GPU's total: a warning, and the card is the limit)
                    device=None,      # 'cpu', 'cuda', 'cuda:1' or a torch.device (default: CUDA if available)
                   ):
-    "Hold the code inside to `budget_mib`: CUDA's `set_per_process_memory_fraction`, restored after; a CPU: only check it."
-    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    "Hold the code inside to `budget_mib`: CUDA's `set_per_process_memory_fraction`, restored after; a CPU: only check it on entry."
+    dev = _device(device)
     if dev.type == 'cpu':  # the CPU has no such limit: `MemoryBudget` checks the peak while training
         if budget_mib <= rss_mib():
             raise BudgetError(f"The budget ({budget_mib:,.0f} MiB) is less than this process already holds ({rss_mib():,.0f} MiB "
                               f"resident, before any model): raise it, or free memory first (free_learner, del, collect()).")
         yield; return
-    if dev.index is None: dev = torch.device('cuda', torch.cuda.current_device())
     collect()
     free, total = torch.cuda.mem_get_info(dev)
+    if budget_mib > total/MiB:
+        warnings.warn(f"hold_to_budget: the budget ({budget_mib:,.0f} MiB) is more than this GPU has ({total/MiB:,.0f} MiB, "
+                      f"{torch.cuda.get_device_name(dev)}): nothing holds the run below the card's own limit. Use "
+                      "`default_budget()` (the card's total where it is under 16,280 MiB) or a smaller budget.", stacklevel=3)
     other = (total-free)/MiB - torch.cuda.memory_reserved(dev)/MiB  # the CUDA context (+ other processes)
     if budget_mib <= other:
         raise BudgetError(f"The budget ({budget_mib:,.0f} MiB) is less than this GPU already uses outside PyTorch's "
@@ -406,7 +423,7 @@ def hold_to_budget(budget_mib:float, # the most the process may use, in MiB
 # %% ../nbs/03_memory.ipynb #be373a19
 def find_accum(arch:str,                 # timm model name (the seed's names work too)
                size:int|tuple,           # training image size
-               budget_mib:float=16280,   # the most the run may use: a Kaggle GPU's 16,280 MiB; on a CPU, resident MiB
+               budget_mib:float|None=None, # the most the run may use, in MiB (on a CPU: resident); None: `default_budget(device)`, a Kaggle GPU's 16,280 or a smaller card's total
                eff_bs:int=64,            # items per optimizer step, kept constant
                item=None,                # item transform (default: the seed's `Resize(480, method='squish')`)
                path:str|Path|None=None,  # dataset root (default: `paddy_data()`)
@@ -421,6 +438,8 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
                **kwargs,                 # passed to `measure` (and on to `train`)
               )->AccumChoice:            # the smallest power-of-two `accum` that fits (an int, with `.probes`)
     "Probe two micro-batch sizes, fit peak = fixed + per-item × items, predict every `accum`, confirm the pick with a probe."
+    dev = _device(device)
+    if budget_mib is None: budget_mib = default_budget(dev)
     if isinstance(budget_mib, bool) or not isinstance(budget_mib, numbers.Real) or not budget_mib > 0:
         raise PaddyError(f"find_accum(budget_mib={budget_mib!r}): the budget is a positive number of MiB, e.g. 16280 for a Kaggle GPU.")
     if not 0 <= margin < 1: raise PaddyError(f"find_accum(margin={margin!r}): the share of the budget kept free, from 0 up to (not including) 1.")
@@ -428,7 +447,6 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
         raise PaddyError(f"find_accum(eff_bs={eff_bs!r}): the items per optimizer step, an int of at least min_bs={min_bs}.")
     item = Resize(480, method='squish') if item is None else item
     path = Path(path) if path is not None else paddy_data()
-    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     ms = sorted(eff_bs//a for a in _accums(eff_bs, min_bs))  # candidate micro-batch sizes, ascending
     if probe_bs is None: probe_bs = (max(ms[0], eff_bs//8), min(ms[-1], max(2*max(ms[0], eff_bs//8), eff_bs//4)))
     m_lo, m_hi = sorted(probe_bs)
@@ -436,13 +454,13 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
         raise PaddyError(f"find_accum(probe_bs={probe_bs!r}, eff_bs={eff_bs}): the line needs two different micro-batch sizes "
                          f"among {ms} (eff_bs//accum for power-of-two accum).")
     trn_path = kwargs.pop('trn_path', None) or probe_folder(path, 2*eff_bs)  # the same folder for every probe
-    rows, peak, limit = [], {}, budget_mib*(1-margin)
+    rows, peak, limit_mib = [], {}, budget_mib*(1-margin)  # a pick peaks under limit_mib; `limit` (the bool) holds the probes
 
     def probe(m, role, ckpt=False):
         r = measure(arch, size, accum=1, item=item, eff_bs=m, n_batches=2, path=path, trn_path=trn_path, grad_ckpt=ckpt,
                     device=dev, **kwargs)
         r = dict(micro_bs=m, accum=eff_bs//m, role=role, **{k: v for k, v in r.items() if k not in ('accum', 'bs')})
-        r['fits'] = not r['oom'] and r['peak_mib'] <= limit
+        r['fits'] = not r['oom'] and r['peak_mib'] <= limit_mib
         rows.append(r)
         if not ckpt: peak[m] = math.inf if r['oom'] else r['peak_mib']
         if verbose:
@@ -451,7 +469,7 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
                   f"{what}, {'fits' if r['fits'] else 'over'}")
         return r['fits']
     def done(m, a=math.nan, b=math.nan):
-        res = AccumChoice(eff_bs//m, probes=pd.DataFrame(rows), eff_bs=eff_bs, budget_mib=budget_mib, limit_mib=limit, fixed_mib=a,
+        res = AccumChoice(eff_bs//m, probes=pd.DataFrame(rows), eff_bs=eff_bs, budget_mib=budget_mib, limit_mib=limit_mib, fixed_mib=a,
                           per_item_mib=b, predicted=a + b*m, measured=peak[m], fitted=m in (m_lo, m_hi), ckpt=None)
         if verbose:
             how = ('' if math.isnan(a) else f"line {res.predicted:,.0f} MiB, " if res.fitted else f"predicted {res.predicted:,.0f} MiB, ")
@@ -469,7 +487,7 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
     with contextlib.ExitStack() as held:
         if dev.type == 'cpu' or limit: held.enter_context(hold_to_budget(budget_mib, dev))  # CPU: checks the budget only
         if verbose: print(f"find_accum: {arch} at {size} px, {eff_bs} items per step, budget {budget_mib:,.0f} MiB"
-                          + (f" (picks under {limit:,.0f}, keeping {margin:.0%} free)" if margin else '') + f" on {device_name(dev)}")
+                          + (f" (picks under {limit_mib:,.0f}, keeping {margin:.0%} free)" if margin else '') + f" on {device_name(dev)}")
         if len(ms) == 1: return done(ms[0]) if probe(ms[0], 'probe') else impossible(ms[0])
         # 1. the small probe; if it does not fit, smaller ones; if none fits, say so
         m = m_lo
@@ -491,15 +509,15 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
         pred = {x: a + b*x for x in ms}
         if verbose: print(f"  line: peak = {a:,.0f} MiB + {b:,.2f} MiB × items; predicts "
                           + ', '.join(f"accum {eff_bs//x}: {pred[x]:,.0f}" for x in reversed(ms)))
-        pick = max(x for x in ms if pred[x] <= limit or x == m_lo)
+        pick = max(x for x in ms if pred[x] <= limit_mib or x == m_lo)
         # 4. confirm with a probe; move while the line was wrong, or too close to call
         if pick not in peak: probe(pick, 'confirm')
-        while peak[pick] > limit:
+        while peak[pick] > limit_mib:
             pick = max(x for x in ms if x < pick)
             if pick not in peak: probe(pick, 'confirm')
-        while (up := [x for x in ms if x > pick]) and pred[up[0]] <= limit*(1+tol):
+        while (up := [x for x in ms if x > pick]) and pred[up[0]] <= limit_mib*(1+tol):
             if up[0] not in peak: probe(up[0], 'check')
-            if peak[up[0]] > limit: break
+            if peak[up[0]] > limit_mib: break
             pick = up[0]
         res = done(pick, a, b)
         # 5. gradient checkpointing at the pick; at half its accum too if the saving, grown with the items, could fit it
@@ -509,7 +527,7 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
             ck = df[(df.role == 'ckpt') & (df.micro_bs == pick)].iloc[-1]
             saved = peak[pick] - ck.peak_mib if not ck.oom else math.nan
             half = None
-            if 2*pick in ms and saved > 0 and pred[2*pick] - 2*saved <= limit*(1+tol):
+            if 2*pick in ms and saved > 0 and pred[2*pick] - 2*saved <= limit_mib*(1+tol):
                 half = probe(2*pick, 'ckpt', ckpt=True)
             plain = df[(df.role != 'ckpt') & (df.micro_bs == pick)].iloc[-1]
             res.probes = pd.DataFrame(rows)

@@ -224,3 +224,42 @@ def test_device_name_and_plot_peaks():
     ax = plot_peaks(df, budget_mib=250)
     assert list(ax.lines[0].get_ydata()) == [300., 200., 150.] and ax.lines[1].get_ydata()[0] == 250  # the budget line
     assert ax.get_title() == 'CPU: test'
+
+def test_find_accum_limit_false_holds_nothing(fake, monkeypatch):
+    "`limit=False` leaves a CUDA run unheld (the float budget once overwrote the flag, so it held every run)."
+    fake(lambda m: BASE + 100*m)
+    held = []
+    monkeypatch.setattr(pm_mod, 'hold_to_budget', lambda b, d=None: held.append(b) or __import__('contextlib').nullcontext())
+    kw = dict(budget_mib=BASE + 3500, path=Path('.'), trn_path='x', device='cuda:0', margin=0, verbose=False)
+    assert find_accum('resnet18', 128, limit=False, **kw) == 2 and held == []
+    assert find_accum('resnet18', 128, limit=True, **kw) == 2 and held == [BASE + 3500]
+
+@pytest.fixture
+def fake_card(monkeypatch):
+    "A stand-in CUDA card of `total_mib` (no GPU needed): what `default_budget` and `hold_to_budget` read and set."
+    fracs = []
+    def install(total_mib, context_mib=300):
+        monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda d=None: ((total_mib-context_mib)*MiB, total_mib*MiB))
+        monkeypatch.setattr(torch.cuda, 'memory_reserved', lambda d=None: 0)
+        monkeypatch.setattr(torch.cuda, 'get_device_name', lambda d=None: f'Card {total_mib} MiB')
+        monkeypatch.setattr(torch.cuda, 'get_per_process_memory_fraction', lambda d=None: 1.0, raising=False)
+        monkeypatch.setattr(torch.cuda, 'set_per_process_memory_fraction', lambda f, d=None: fracs.append(f))
+        return fracs
+    return install
+
+def test_default_budget_is_the_card_when_smaller(fake_card):
+    from paddy_lib.memory import default_budget
+    fake_card(15_360)                                    # a Kaggle T4: less than the 16,280 MiB default
+    assert default_budget('cuda:0') == 15_360
+    fake_card(81_559)                                    # an 80 GB card: the Kaggle budget, emulated
+    assert default_budget('cuda:0') == 16_280
+    assert default_budget('cpu') == 16_280
+
+def test_hold_to_budget_warns_over_the_card(fake_card):
+    from paddy_lib.memory import hold_to_budget
+    fracs = fake_card(15_360, context_mib=300)
+    with pytest.warns(UserWarning, match='more than this GPU has'):
+        with hold_to_budget(16_280, 'cuda:0'): pass
+    assert fracs == []                                   # nothing to hold: the card is the limit
+    with hold_to_budget(12_000, 'cuda:0'): pass
+    assert fracs == [pytest.approx((12_000-300)/15_360), 1.0]  # held to the budget less the context, then restored
