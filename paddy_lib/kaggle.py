@@ -714,6 +714,15 @@ def submit(csv:str|Path,               # the submission CSV (image_id,label)
     return dict(message=out.message, ref=out.ref, competition=competition, file=str(csv))
 
 # %% ../nbs/07_kaggle.ipynb #3f8e9e16
+def _own_lib_dataset(lib_dataset:str|None, user:str|None)->tuple:
+    "(owner, slug) for uploading `lib_dataset` ('slug' or 'owner/slug'): the owner must be you, the account that uploads."
+    owner, _, slug = (lib_dataset or 'paddy-lib').rpartition('/')
+    me = user or kaggle_username()
+    if owner and me and owner != me:
+        raise KaggleMetadataError(f"--lib uploads the wheels dataset to your own account ({me}), but --lib-dataset {lib_dataset} "
+                                  f"is {owner}'s: pass --lib-dataset {slug} (yours), or leave out --lib to attach {owner}'s as it is.")
+    return me or owner or None, slug
+
 @call_parse
 def paddy_push(*notebooks:str,            # notebooks to push (default: the whole course)
                user:str=None,             # your Kaggle username (default: from your credentials)
@@ -722,13 +731,15 @@ def paddy_push(*notebooks:str,            # notebooks to push (default: the whol
                accelerator:str=None,      # Kaggle machine shape, passed unchanged (default: Kaggle's GPU)
                internet:bool=True,        # internet on; --no-internet: off (paddy_lib comes from the wheels dataset either way)
                public:bool=False,         # make the notebooks public
-               lib_dataset:str='paddy-lib', # the wheels dataset to attach ('' : none)
+               lib_dataset:str='paddy-lib', # the wheels dataset to attach: 'slug' (yours) or 'owner/slug'
                lib:bool=False,            # also build and push the wheels dataset first
                dry_run:bool=False,        # write the folders and metadata only
                dest:str='kaggle_push',    # where the folders go
               ):
     "Push the course's notebooks (and with --lib the library's wheels) to Kaggle."
-    if lib: print(push_lib_dataset(user, slug=lib_dataset or 'paddy-lib', dry_run=dry_run, dest=Path(dest)/'paddy-lib'))
+    if lib:
+        user, slug = _own_lib_dataset(lib_dataset, user)
+        print(push_lib_dataset(user, slug=slug, dry_run=dry_run, dest=Path(dest)/'paddy-lib'))
     res = push_notebooks(user, list(notebooks) or None, competition=competition, gpu=gpu, accelerator=accelerator,
                          internet=internet, private=not public, lib_dataset=lib_dataset or None, dry_run=dry_run, dest=dest)
     for r in res: print(f"{r['notebook']}: {r['id']} -> {r['url'] or r['folder']}")

@@ -134,6 +134,23 @@ def test_setup_cell_installs_only_the_attached_wheels(monkeypatch):
     calls = _run_setup(monkeypatch, [whl])
     assert calls == [[sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', whl]]
 
+@pytest.mark.parametrize('lib_dataset', ['paddy-lib', f'{USER}/paddy-lib'])
+def test_push_lib_with_a_slug_or_owner_slug(lib_dataset, local_kaggle, tmp_path, capsys):
+    "`paddy push --lib --lib-dataset owner/slug`: the upload takes the slug under the owner, the notebook attaches it."
+    from paddy_lib.kaggle import paddy_push
+    res = paddy_push(str(COURSE[0]), lib=True, lib_dataset=lib_dataset, dest=str(tmp_path/'push'))
+    lk = local_kaggle
+    assert list(lk.datasets) == [f'{USER}/paddy-lib'] and lk.dataset_files(f'{USER}/paddy-lib')
+    save = next(r.json() for r in lk.requests if r.rpc == 'KernelsApiService/SaveKernel')
+    assert save['datasetDataSources'] == [f'{USER}/paddy-lib'] and res[0]['id'].startswith(f'{USER}/')
+
+@pytest.mark.parametrize('user', [None, USER])
+def test_push_lib_to_someone_elses_dataset_is_refused(user, local_kaggle, tmp_path):
+    from paddy_lib.kaggle import paddy_push
+    with pytest.raises(KaggleMetadataError, match=f"your own account \\({USER}\\).*pass --lib-dataset paddy-lib"):
+        paddy_push(str(COURSE[0]), user=user, lib=True, lib_dataset='someone-else/paddy-lib', dest=str(tmp_path/'push'))
+    assert local_kaggle.requests == [] and not (tmp_path/'push').exists()
+
 def test_never_overwrites_a_folder_it_did_not_write(local_kaggle, tmp_path):
     mine = tmp_path/'push'/COURSE[0].stem
     mine.mkdir(parents=True); (mine/'precious.txt').write_text('keep me')
