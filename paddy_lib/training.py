@@ -63,19 +63,25 @@ def timm_arch(name:str,          # a timm model name: today's (`convnext_small.f
 # %% ../nbs/02_training.ipynb #bf952f4f
 _PRECISIONS = ('auto', 'fp16', 'bf16', 'fp32')
 
+def _bf16_native(dev:torch.device)->bool:
+    "Does CUDA device `dev` compute in bfloat16 in hardware (compute capability 8.0+, Ampere and later)?"
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(dev)[0] >= 8
+
 def precision_for(device:str|torch.device|None=None, # where the model trains (default: CUDA if available)
                   precision:str='auto',              # 'auto', 'fp16', 'bf16' or 'fp32'
                  )->str:                             # 'fp16', 'bf16' or 'fp32'
-    "The precision to train in on `device`: 'auto' is bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on a CPU."
+    "The precision to train in on `device`: 'auto' is bf16 on a GPU that computes in it (Ampere+), fp16 on other GPUs, fp32 on a CPU."
     if precision not in _PRECISIONS: raise PaddyError(f"precision={precision!r}: use one of {', '.join(_PRECISIONS)}.")
     dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     cuda = dev.type == 'cuda'
-    if precision == 'auto': return ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if cuda else 'fp32'
+    if precision == 'auto': return ('bf16' if _bf16_native(dev) else 'fp16') if cuda else 'fp32'
     if precision in ('fp16', 'bf16') and not cuda:
         raise PaddyError(f"precision={precision!r} needs a CUDA GPU (fastai's mixed precision autocasts on CUDA), but the "
                          f"model trains on {dev}: use precision='auto' or 'fp32'.")
-    if precision == 'bf16' and not torch.cuda.is_bf16_supported():
-        raise PaddyError("precision='bf16' needs a GPU with bfloat16 support (Ampere or later): use 'fp16' or 'auto'.")
+    if precision == 'bf16' and not _bf16_native(dev):
+        major, minor = torch.cuda.get_device_capability(dev)
+        raise PaddyError(f"precision='bf16' needs a GPU that computes in bfloat16 (compute capability 8.0+, Ampere or later), "
+                         f"but {dev} has {major}.{minor}: use 'fp16' or 'auto'.")
     return precision
 
 # %% ../nbs/02_training.ipynb #8eb018fd

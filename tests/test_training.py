@@ -60,3 +60,14 @@ def test_train_n_batches_finetune(path):
                                   n_batches=2, return_learner=True, cbs=StepItems())
     assert learn.stop_after.count == 2 and learn.step_items.sizes == [64]
     assert preds.shape == (40, 10) and targs is None
+
+@pytest.mark.parametrize('cap,want', [((6, 0), 'fp16'), ((7, 5), 'fp16'), ((8, 0), 'bf16'), ((9, 0), 'bf16')])
+def test_precision_for_capability(monkeypatch, cap, want):
+    "bf16 from the training device's compute capability (8.0+), not `is_bf16_supported` (emulation, current GPU)."
+    asked = []
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: asked.append(device) or cap)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)  # what a T4 answers: must not matter
+    assert precision_for('cuda:1') == want and asked[-1] == torch.device('cuda:1')
+    if want == 'fp16':
+        with pytest.raises(PaddyError, match=f'has {cap[0]}.{cap[1]}'): precision_for('cuda:1', 'bf16')
+    else: assert precision_for('cuda:1', 'bf16') == 'bf16'
