@@ -14,7 +14,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.learner import Learner
 from fastai.metrics import error_rate
 from fastai.vision.all import Resize, vision_learner
-from .data import PaddyError, paddy_data, paddy_scale, paddy_dls, get_test_files, smallest_label
+from .data import PaddyError, paddy_data, paddy_dls, get_test_files, smallest_label, default_pretrained
 from .accumulation import GradAccum
 
 # %% auto #0
@@ -100,6 +100,12 @@ class StopAfter(Callback):
         if self.count >= self.n: raise CancelFitException()
 
 # %% ../nbs/02_training.ipynb #421b02af
+def _data_root(dls)->Path:
+    "The dataset root `dls` were built from, above their first training image (`<root>/train_images/<label>/<id>.jpg`)."
+    items = getattr(dls.train_ds, 'items', None)  # not `dls.path`: `paddy_dls` leaves it '.', where fastai saves models
+    p = Path(items[0]) if items is not None and len(items) and isinstance(items[0], (str, Path)) else Path(dls.path)
+    return next((q for q in [p, *p.parents][:4] if (q/'train_images').is_dir()), Path(dls.path))
+
 def paddy_learner(arch:str,                   # timm model name (the seed's names are mapped by `timm_arch`), or a model function
                   size:int|tuple,             # training image size (after the batch transforms)
                   item=None,                  # item transform (default: `Resize(480, method='squish')`)
@@ -111,7 +117,7 @@ def paddy_learner(arch:str,                   # timm model name (the seed's name
                   valid_pct:float=0.2,        # share of the images held out for validation
                   seed:int|None=None,         # seed of the split (None: a new split each call, as the seed for ensembling)
                   splitter=None,              # a fastai splitter overriding `valid_pct`/`seed`
-                  pretrained:bool|None=None,  # pretrained weights (None: at full scale only; demo scale is offline)
+                  pretrained:bool|None=None,  # pretrained weights (None: `default_pretrained` of the data used: False on the demo)
                   precision:str='auto',       # 'auto' (bf16/fp16 on CUDA, fp32 on a CPU), 'fp16', 'bf16' or 'fp32'
                   metrics=error_rate,         # metrics, as for `vision_learner`
                   cbs=None,                   # more callbacks
@@ -126,6 +132,7 @@ def paddy_learner(arch:str,                   # timm model name (the seed's name
         if eff_bs % accum: raise PaddyError(f"accum={accum} does not divide eff_bs={eff_bs}, so steps could not hold "
                                             f"{eff_bs} items: use a divisor of {eff_bs} (1, 2, 4, ...), or pass `bs` yourself.")
         bs = eff_bs // accum
+    given_dls = dls
     if dls is None:
         if path is None: path = paddy_data()
         dls = paddy_dls(path, size, item=item, bs=bs, valid_pct=valid_pct, seed=seed, trn_path=trn_path, splitter=splitter,
@@ -133,7 +140,7 @@ def paddy_learner(arch:str,                   # timm model name (the seed's name
     if len(dls.train) == 0:
         raise PaddyError(f"{len(dls.train_ds)} training images make no full batch of {dls.train.bs} (fastai drops the "
                          f"last partial batch when training): train on more images, or lower `eff_bs` or `bs`.")
-    if pretrained is None: pretrained = paddy_scale() == 'full'
+    if pretrained is None: pretrained = default_pretrained(path if given_dls is None else _data_root(dls))
     prec = precision_for(dls.device, precision)
     if isinstance(arch, str): arch = timm_arch(arch)
     learn = vision_learner(dls, arch, metrics=metrics, cbs=[GradAccum(eff_bs), *L(cbs)], pretrained=pretrained, **kwargs)

@@ -71,3 +71,18 @@ def test_precision_for_capability(monkeypatch, cap, want):
     if want == 'fp16':
         with pytest.raises(PaddyError, match=f'has {cap[0]}.{cap[1]}'): precision_for('cuda:1', 'bf16')
     else: assert precision_for('cuda:1', 'bf16') == 'bf16'
+
+def test_pretrained_follows_data(path, tmp_path, monkeypatch):
+    "`pretrained=None`: random weights on the demo data, pretrained on any other, from `path` or from `dls.path`."
+    import shutil, paddy_lib.training as tr
+    from paddy_lib.data import paddy_dls
+    real = shutil.copytree(path, tmp_path/'paddy', ignore=shutil.ignore_patterns('.paddy_demo.json'))  # no demo stamp
+    asked, build = [], tr.vision_learner
+    monkeypatch.setattr(tr, 'vision_learner', lambda *a, pretrained, **k: asked.append(pretrained) or build(*a, pretrained=False, **k))
+    monkeypatch.setenv('PADDY_SCALE', 'full')  # the machine's scale doesn't decide
+    for kw in [dict(path=path), dict(path=real), dict(dls=paddy_dls(path, 32, item=ITEM, bs=64, num_workers=0)),
+               dict(dls=paddy_dls(real, 32, item=ITEM, bs=64, num_workers=0)),
+               dict(dls=paddy_dls(real, 32, item=ITEM, bs=8, num_workers=0, trn_path=real/'train_images'/'normal'), eff_bs=8),
+               dict(path=path, pretrained=True), dict(path=real, pretrained=False)]:
+        paddy_learner(TINY, 32, item=ITEM, num_workers=0, **kw)
+    assert asked == [False, True, False, True, True, True, False]
