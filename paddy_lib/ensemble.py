@@ -6,7 +6,7 @@ Docs: https://paddy-lib.github.io/paddy_lib/ensemble.html.md"""
 
 # %% ../nbs/06_ensemble.ipynb #3f34ac2e
 from __future__ import annotations
-import os, json, time, hashlib, tempfile, datetime, numbers, contextlib
+import os, json, time, hashlib, tempfile, datetime, numbers, contextlib, enum, functools, types
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -14,14 +14,15 @@ from fastcore.all import L
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 from fastai.vision.all import Resize, ResizeMethod
-from .data import PaddyError, paddy_data, paddy_scale, get_test_files, check_submission
+from .data import PaddyError, paddy_data, default_pretrained, get_test_files, check_submission
 from .training import paddy_learner, timm_arch
-from .memory import peak_memory, free_learner, find_accum, hold_to_budget, MemoryBudget, BudgetError, device_name
+from .memory import (peak_memory, free_learner, find_accum, hold_to_budget, default_budget, MemoryBudget, BudgetError,
+                              device_name)
 
 # %% auto #0
 __all__ = ['SEED_CONFIGS', 'DEMO_CONFIGS', 'Member', 'as_member', 'load_members', 'members_from_dict', 'ensemble_preds',
-           'atomic_write', 'write_submission', 'holdout_ids', 'HoldoutSplitter', 'data_fingerprint', 'member_key',
-           'member_file', 'save_member', 'load_member', 'EnsembleRun', 'run_ensemble']
+           'atomic_write', 'write_submission', 'holdout_ids', 'HoldoutSplitter', 'data_fingerprint', 'stable_repr',
+           'member_key', 'member_file', 'save_member', 'load_member', 'EnsembleRun', 'run_ensemble']
 
 # %% ../nbs/06_ensemble.ipynb #a8b3a203
 _METHODS = ('squish', 'crop', 'pad')
@@ -228,11 +229,40 @@ def data_fingerprint(path:str|Path)->str:
     for n in ('train.csv', 'sample_submission.csv'): h.update((Path(path)/n).read_bytes())
     return h.hexdigest()[:16]
 
+_SKIP_ATTRS = ('learn',)  # a used callback's learner: not what the callback is
+
+def stable_repr(v,                # the value: plain data, a function or class, a loss, a callback, ...
+                what:str='value', # how to name it in an error
+                _depth:int=0):
+    "`v` as JSON-able data that is the same in every process, for a member's key; a `PaddyError` if it has no such form."
+    if v is None or isinstance(v, (bool, int, float, str)): return v
+    if isinstance(v, (list, tuple, L)): return [stable_repr(o, what, _depth) for o in v]
+    if isinstance(v, dict): return {str(k): stable_repr(o, what, _depth) for k, o in v.items()}
+    if isinstance(v, (Path, enum.Enum)): return str(v)
+    if isinstance(v, torch.Tensor):
+        t = v.detach().cpu().contiguous()
+        return dict(tensor=list(t.shape), dtype=str(t.dtype), sha1=hashlib.sha1(t.numpy().tobytes()).hexdigest()[:16])
+    if isinstance(v, functools.partial):
+        return dict(partial=stable_repr(v.func, what, _depth), args=stable_repr(v.args, what, _depth), kwargs=stable_repr(v.keywords, what, _depth))
+    if isinstance(v, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+        name = f"{getattr(v, '__module__', '')}.{getattr(v, '__qualname__', '')}"
+        if '<' in name or name == '.':
+            raise PaddyError(f"{what}: {v!r} has no name that stays the same from run to run (a lambda, or a function defined "
+                             "inside another), so the member's key can't include it: define it at the top level of a module.")
+        return name
+    d = dict(type=f"{type(v).__module__}.{type(v).__qualname__}")
+    r = repr(v)
+    if ' at 0x' not in r: d['repr'] = r
+    if _depth < 4:
+        for k, o in sorted(getattr(v, '__dict__', {}).items()):
+            if not k.startswith('_') and k not in _SKIP_ATTRS: d[k] = stable_repr(o, f"{what}.{k}", _depth+1)
+    return d
+
 def member_key(m:Member, # the member
                **ctx,    # everything else that decides its result: data, epochs, lr, ...
               )->str:    # a 16-hex-digit key, stable across runs and machines
     "A stable hash of what makes a member's result: its spec (not its weight) and `ctx`."
-    s = json.dumps(dict(member=m.spec(), **ctx), sort_keys=True, default=str)
+    s = json.dumps(stable_repr(dict(member=m.spec(), **ctx), f'{m.name}'), sort_keys=True)
     return hashlib.sha1(s.encode()).hexdigest()[:16]
 
 def member_file(out_dir:str|Path, m:Member, key:str)->Path:
@@ -247,7 +277,7 @@ def load_member(fn:str|Path)->dict:
     "Load a member's result saved by `save_member` (tensors, lists and plain values only)."
     return torch.load(fn, weights_only=True)
 
-# %% ../nbs/06_ensemble.ipynb #3ce9539e
+# %% ../nbs/06_ensemble.ipynb #a0be857b
 def _is_oom(e:BaseException)->bool:
     "Is `e` running out of memory: CUDA's, a failed CPU allocation, or a memory budget that can't be met?"
     if isinstance(e, (torch.OutOfMemoryError, MemoryError, BudgetError)): return True
@@ -273,11 +303,16 @@ def _train_member(m, accum, path, hold, hold_files, tst_files, key, epochs, lr, 
                                       splitter=HoldoutSplitter(hold, seed=int(key[8:16], 16)), pretrained=pretrained,
                                       num_workers=num_workers, **m.kwargs, **kwargs,  # a CPU's budget: checked while training
                                       cbs=[*L(cbs), *([MemoryBudget(budget_mib)] if budget_mib and on_cpu else [])])
+                names = [getattr(o, 'name', '') for o in L(learn.metrics)]
+                if 'error_rate' not in names:
+                    raise PaddyError(f"{m.name}: run_ensemble records each member's validation `error_rate`, but its learner's "
+                                     f"metrics are {names or 'none'}: keep error_rate among them (e.g. metrics=[error_rate, accuracy]).")
                 with contextlib.ExitStack() as quiet:
                     if not progress: quiet.enter_context(learn.no_bar()); quiet.enter_context(learn.no_logging())
                     if finetune: learn.fine_tune(epochs, lr)
                     else: learn.unfreeze(); learn.fit_one_cycle(epochs, lr)
-                    valid_error = float(learn.recorder.values[-1][2])  # read it now: `tta` clears the recorder
+                    rec = learn.recorder  # read it now: `tta` clears the recorder. Its values: train_loss, valid_loss, metrics...
+                    valid_error = float(rec.values[-1][rec.metric_names[1:].index('error_rate')])  # names: 'epoch', then the values'
                     test_preds, _ = learn.tta(dl=learn.dls.test_dl(tst_files))
                     hold_preds, hold_targs = learn.tta(dl=learn.dls.test_dl(hold_files, with_labels=True))
             vocab = [str(v) for v in learn.dls.vocab]
@@ -380,19 +415,19 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
                  out_dir:str|Path='ensemble_runs', # where each member's result is saved as it finishes
                  epochs:int=12,                # epochs per member (the seed's 12)
                  lr:float=0.01,                # learning rate (the seed's)
-                 budget_mib:float|None=None,   # MiB each member may use: `find_accum` picks under it, training is held to it (None: 16,280 on CUDA, none on a CPU)
+                 budget_mib:float|None=None,   # MiB each member may use: `find_accum` picks under it, training is held to it (None: on CUDA `default_budget()`, 16,280 or a smaller card's total; none on a CPU)
                  holdout_pct:float=0.2,        # share of the training images held out from every member
                  holdout_seed:int=42,          # which images: the hash's seed
                  eff_bs:int=64,                # items per optimizer step
                  max_accum:int|None=None,      # the largest accum an out-of-memory member is retried with (default: eff_bs//2)
-                 pretrained:bool|None=None,    # pretrained weights (None: at full scale only)
+                 pretrained:bool|None=None,    # pretrained weights (None: `default_pretrained(path)`, False on the demo data, True on any other)
                  finetune:bool=True,           # `fine_tune`, the seed's (False: `fit_one_cycle` on the whole model)
                  retrain:bool=False,           # train every member again, even if its result is saved
                  num_workers:int|None=None,    # DataLoader workers (None: 0 on a CPU, where workers take cores from training; fastai's default on a GPU)
                  progress:bool=True,           # fastai's progress bars inside each member
-                 cbs=None,                     # more callbacks for every learner
+                 cbs=None,                     # more callbacks for every learner (in the members' key, unless a class says `in_member_key = False`)
                  log=print,                    # where progress lines go
-                 **kwargs,                     # passed to `paddy_learner` (precision, ...)
+                 **kwargs,                     # passed to `paddy_learner` (precision, loss_func, ...), and in the members' key
                 )->EnsembleRun:
     "Train each member (or load it if already saved), saving its TTA predictions on the test set and the shared hold-out as it finishes."
     members = [as_member(c) for c in configs]
@@ -401,17 +436,22 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
     path = Path(path) if path is not None else paddy_data()
     out = Path(out_dir)
     max_accum = max_accum or max(1, eff_bs//2)
-    if budget_mib is None and torch.cuda.is_available(): budget_mib = 16280
-    if pretrained is None: pretrained = paddy_scale() == 'full'
+    if budget_mib is None and torch.cuda.is_available(): budget_mib = default_budget()
+    why = 'as given'
+    if pretrained is None: pretrained, why = default_pretrained(path), f"default_pretrained: {'the demo data' if not default_pretrained(path) else 'not the demo data'}"
     if num_workers is None and not torch.cuda.is_available(): num_workers = 0  # measured faster: bench/demo.py
     hold = holdout_ids(path, holdout_pct, holdout_seed)
     hold_files, tst_files = _holdout_files(path, hold), get_test_files(path)
     ctx = dict(data=data_fingerprint(path), epochs=epochs, lr=lr, eff_bs=eff_bs, holdout=[holdout_pct, holdout_seed],
-               pretrained=pretrained, finetune=finetune, **{k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))})
+               pretrained=pretrained, finetune=finetune, **{k: stable_repr(v, f'run_ensemble({k}=...)') for k, v in kwargs.items()})
+    keyed_cbs = [stable_repr(cb, f'run_ensemble(cbs=[{type(cb).__name__}])') for cb in L(cbs) if getattr(type(cb), 'in_member_key', True)]
+    if keyed_cbs: ctx['cbs'] = keyed_cbs  # (none: the key is what it was before callbacks counted)
+    keys = [member_key(m, **ctx) for m in members]  # all of them now: a value with no stable form fails before any training
     run = EnsembleRun(members, [], [], out, path)
     n = len(members)
-    for i, m in enumerate(members, 1):
-        key = member_key(m, **ctx)
+    log(f"{n} member(s) on {path}: pretrained={pretrained} ({why})"
+        + (f", budget {budget_mib:,.0f} MiB" if budget_mib else ", no memory budget"))
+    for i, (m, key) in enumerate(zip(members, keys), 1):
         fn = member_file(out, m, key)
         log(f"member {i} of {n}: {m.name}, weight {m.weight:g}")
         res = None

@@ -31,6 +31,7 @@ def data(tmp_path_factory):
 
 class Interrupt(Callback):
     "Ctrl-C after the first training batch of the `at`-th learner."
+    in_member_key = False  # a stand-in for Ctrl-C: the resumed run, without it, must find the saved members
     def __init__(self, at): self.at, self.n = at, 0
     def before_fit(self):
         if not getattr(self.learn, '_seen_by_interrupt', False): self.learn._seen_by_interrupt = True; self.n += 1
@@ -40,6 +41,7 @@ class Interrupt(Callback):
 
 class SmallCard(Callback):
     "CUDA's out-of-memory error for training micro-batches of more than `max_items` items."
+    in_member_key = False
     def __init__(self, max_items): self.max_items, self.sizes = max_items, []
     def before_batch(self):
         if not self.training: return
@@ -79,6 +81,7 @@ def test_out_of_memory_member_retried_with_larger_accum(data, tmp_path):
 
 class BigImages(Callback):
     "CUDA's out-of-memory error for any training batch of images larger than `max_side` pixels, at any accum."
+    in_member_key = False
     def __init__(self, max_side): self.max_side = max_side
     def before_batch(self):
         if self.training and self.xb[0].shape[-1] > self.max_side: raise torch.OutOfMemoryError("CUDA out of memory. (stand-in)")
@@ -192,3 +195,49 @@ def test_holdout_ignores_row_order_and_new_images(data, tmp_path):
     extra = trn.assign(image_id=[f'new{i}.jpg' for i in range(len(trn))])
     pd.concat([extra, trn]).to_csv(tmp_path/'train.csv', index=False)
     assert [i for i in holdout_ids(tmp_path) if not i.startswith('new')] == holdout_ids(data)
+
+
+class Noop(Callback):
+    "A callback that could change training: it counts in the members' key (by its class and attributes)."
+    def __init__(self, strength=1): self.strength = strength
+
+
+def test_key_counts_every_learner_argument_and_callback(data, tmp_path):
+    "Changing a loss (any non-plain kwarg) or a callback trains the member again; the same ones load it."
+    from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
+    out = tmp_path/'keys'
+    st = lambda **kw: run_ensemble([A], data, out, **{**FAST, **kw}).status[0]
+    assert st(loss_func=CrossEntropyLossFlat()) == 'trained'
+    assert st(loss_func=LabelSmoothingCrossEntropyFlat(eps=0.1)) == 'trained'   # another loss: not the saved member
+    assert st(loss_func=LabelSmoothingCrossEntropyFlat(eps=0.2)) == 'trained'   # the same class, another eps
+    assert st(loss_func=LabelSmoothingCrossEntropyFlat(eps=0.1)) == 'loaded'    # a new object, equal: the saved member
+    assert st(loss_func=CrossEntropyLossFlat(), cbs=Noop()) == 'trained'        # a callback counts
+    assert st(loss_func=CrossEntropyLossFlat(), cbs=Noop(2)) == 'trained'       # and its attributes
+    assert st(loss_func=CrossEntropyLossFlat(), cbs=[Noop(2), Interrupt(99)]) == 'loaded'  # in_member_key=False: left out
+    assert len(list((out/'members').glob('*.pt'))) == 5
+
+
+def test_unstable_kwarg_is_refused_before_training(data, tmp_path):
+    logs = []
+    with pytest.raises(PaddyError, match=r"run_ensemble\(loss_func=...\).*no name that stays the same"):
+        run_ensemble([A], data, tmp_path/'lam', loss_func=lambda x, y: x.sum(), log=logs.append, **FAST)
+    assert logs == [] and not (tmp_path/'lam').exists()
+
+
+def test_valid_error_is_read_by_metric_name(data, tmp_path):
+    from fastai.metrics import accuracy, error_rate
+    run = run_ensemble([A], data, tmp_path/'m', metrics=[accuracy, error_rate], **FAST)  # error_rate not first
+    res = load_member(next((tmp_path/'m'/'members').glob('*.pt')))
+    assert run.status == ['trained'] and 0 <= res['record']['valid_error'] <= 1
+    with pytest.raises(PaddyError, match="keep error_rate among them"):
+        run_ensemble([A], data, tmp_path/'m2', metrics=accuracy, **FAST)
+
+
+def test_pretrained_default_follows_the_data_and_is_logged(data, tmp_path):
+    "pretrained=None: False on the demo data (whatever the machine), and the run says so."
+    logs = []
+    run_ensemble([A], data, tmp_path/'p', log=logs.append, **{**FAST, 'pretrained': None})
+    assert 'pretrained=False (default_pretrained: the demo data)' in logs[0]
+    logs = []
+    run_ensemble([A], data, tmp_path/'p', log=logs.append, **FAST)
+    assert 'pretrained=False (as given)' in logs[0]
