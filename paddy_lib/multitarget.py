@@ -12,14 +12,14 @@ from fastcore.all import L, patch
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, RandomSplitter, Resize, aug_transforms,
                                get_image_files, parent_label, error_rate, vision_learner, Categorize, MultiCategorize,
                                Learner)
-from .data import PaddyError, PaddyDataError, LABELS, VARIETIES, get_variety, paddy_scale
+from .data import PaddyError, PaddyDataError, LABELS, VARIETIES, get_variety, is_demo_data, default_pretrained
 from .data import get_test_files, check_submission
 from .training import timm_arch, precision_for
 
 # %% auto #0
 __all__ = ['PADDY_TARGETS', 'MultiTargetError', 'TargetCountError', 'HeadSizeError', 'MultiTargetLoss', 'MultiTarget',
            'disease_loss', 'variety_loss', 'combine_loss', 'disease_err', 'variety_err', 'multitarget_dls',
-           'multitarget_learner', 'predict_targets', 'multitarget_submission']
+           'dls_dataset', 'multitarget_learner', 'predict_targets', 'multitarget_submission']
 
 # %% ../nbs/04_multitarget.ipynb #fea74d0d
 class MultiTargetError(PaddyError):
@@ -229,17 +229,25 @@ def multitarget_dls(path:str|Path,                        # dataset root (holds 
                        splitter=splitter or RandomSplitter(valid_pct, seed=seed),
                        item_tfms=item, batch_tfms=aug_transforms(size=size, min_scale=min_scale))
     dls = dblock.dataloaders(trn_path, bs=bs, **kwargs)
-    dls.target_names = names
+    dls.target_names, dls.data_path = names, path  # `data_path`: the dataset, for `multitarget_learner`'s `pretrained`
     return dls
 
 # %% ../nbs/04_multitarget.ipynb #148834c7
+def dls_dataset(dls, # DataLoaders
+               )->Path|None: # the dataset's root folder, if known
+    "The dataset `dls` reads: `dls.data_path` if set, else the demo dataset holding its first training image, else None."
+    if getattr(dls, 'data_path', None) is not None: return Path(dls.data_path)
+    try: f = Path(dls.train_ds.items[0])
+    except Exception: return None  # items that are no file paths (a DataFrame's rows, tensors, ...)
+    return next((p for p in f.parents if is_demo_data(p)), None)
+
 def multitarget_learner(dls,               # DataLoaders with one `CategoryBlock` per target (e.g. `multitarget_dls`)
                         arch,              # a timm model name (the seed's names are mapped by `timm_arch`) or a model function
                         weights=None,      # each target's weight in the combined loss (default: 1 each)
                         names=None,        # one name per target (default: `dls.target_names`, else target0, ...)
                         n_out:int|None=None, # outputs of the head (default and only valid value: the targets' classes together)
                         metrics=None,      # metrics (default: each target's error rate and loss)
-                        pretrained:bool|None=None, # pretrained weights (None: at full scale only; demo scale is offline)
+                        pretrained:bool|None=None, # pretrained weights (None: False on demo data, True on any other)
                         precision:str='auto', # 'auto' (bf16/fp16 on CUDA, fp32 on a CPU), 'fp16', 'bf16' or 'fp32'
                         **kwargs,          # passed to `vision_learner` (cbs, lr, ...)
                        )->Learner:
@@ -250,7 +258,8 @@ def multitarget_learner(dls,               # DataLoaders with one `CategoryBlock
         raise HeadSizeError(f"n_out={n_out}, but the targets need {mt.n_out} outputs: {parts}. Leave `n_out` out, "
                             f"or give a target weight 0 to leave it out of the loss.")
     prec = precision_for(dls.device, precision)
-    if pretrained is None: pretrained = paddy_scale() == 'full'
+    ds = dls_dataset(dls)
+    if pretrained is None: pretrained = ds is None or default_pretrained(ds)
     if isinstance(arch, str): arch = timm_arch(arch)
     learn = vision_learner(dls, arch, n_out=mt.n_out, loss_func=mt.loss, pretrained=pretrained,
                            metrics=mt.metrics if metrics is None else metrics, **kwargs)

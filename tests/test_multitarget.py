@@ -1,5 +1,6 @@
 "Multi-target behaviour a notebook can't show: a learner exported here and loaded in a fresh process, and properties of the loss."
 import json, subprocess, sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -88,3 +89,22 @@ def test_errors_are_paddy_errors(demo):
         multitarget_learner(small_dls(demo), 'resnet18', pretrained=False, n_out=12)
     with pytest.raises(PaddyError, match='No items'):
         predict_targets(multitarget_learner(small_dls(demo), 'resnet18', pretrained=False), [])
+
+
+@pytest.mark.parametrize('scale', ['demo', 'full'])
+def test_pretrained_none_follows_the_dataset_not_the_machine(demo, tmp_path, monkeypatch, scale):
+    "`pretrained=None`: random weights on demo-stamped data, pretrained on any other, whatever `paddy_scale()` says."
+    import shutil
+    import paddy_lib.multitarget as pm
+    monkeypatch.setenv('PADDY_SCALE', scale)
+    real = Path(shutil.copytree(demo, tmp_path/'real'))
+    (real/'.paddy_demo.json').unlink()
+    class Recorded(Exception): pass
+    def chosen(dls):
+        seen = {}
+        def fake(*a, **k): seen.update(k); raise Recorded
+        monkeypatch.setattr(pm, 'vision_learner', fake)
+        with pytest.raises(Recorded): multitarget_learner(dls, 'resnet18')
+        return seen['pretrained']
+    assert (chosen(small_dls(demo)), chosen(small_dls(real))) == (False, True)
+    assert pm.dls_dataset(small_dls(real)) == real
