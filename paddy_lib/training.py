@@ -109,11 +109,11 @@ def _data_root(dls)->Path:
 def paddy_learner(arch:str,                   # timm model name (the seed's names are mapped by `timm_arch`), or a model function
                   size:int|tuple,             # training image size (after the batch transforms)
                   item=None,                  # item transform (default: `Resize(480, method='squish')`)
-                  accum:int=1,                # micro-batches per optimizer step: `bs=eff_bs//accum`
+                  accum:int=1,                # micro-batches per optimizer step: `bs=eff_bs//accum` (`bs*accum` must be `eff_bs`)
                   path:str|Path|None=None,    # dataset root (default: `paddy_data()`)
                   trn_path:str|Path|None=None,# train on this folder instead of train_images/ (e.g. one label's, to probe memory)
                   eff_bs:int=64,              # items per optimizer step, kept whatever `accum` is
-                  bs:int|None=None,           # micro-batch size (default: `eff_bs//accum`)
+                  bs:int|None=None,           # micro-batch size (default: `eff_bs//accum`; else `bs*accum` must be `eff_bs`)
                   valid_pct:float=0.2,        # share of the images held out for validation
                   seed:int|None=None,         # seed of the split (None: a new split each call, as the seed for ensembling)
                   splitter=None,              # a fastai splitter overriding `valid_pct`/`seed`
@@ -121,17 +121,25 @@ def paddy_learner(arch:str,                   # timm model name (the seed's name
                   precision:str='auto',       # 'auto' (bf16/fp16 on CUDA, fp32 on a CPU), 'fp16', 'bf16' or 'fp32'
                   metrics=error_rate,         # metrics, as for `vision_learner`
                   cbs=None,                   # more callbacks
-                  dls=None,                   # ready DataLoaders: skips building them (and `path`, `bs`, ...)
+                  dls=None,                   # ready DataLoaders: skips building them (and `path`, ...); their `bs*accum` must be `eff_bs`
                   num_workers:int|None=None,  # DataLoader worker processes (None: fastai's default, one per CPU)
                   **kwargs,                   # passed to `vision_learner`, and through it to timm (e.g. `img_size=` for a ViT)
                  )->Learner:
     "The seed's DataLoaders and `vision_learner`, with `eff_bs` items per step at any `accum`, `GradAccum`, and device precision."
     if isinstance(accum, bool) or not isinstance(accum, numbers.Integral) or accum < 1:
         raise PaddyError(f"accum={accum!r}: the number of micro-batches per optimizer step is a positive int (1, 2, 4, ...).")
-    if bs is None:
+    if dls is not None:
+        if bs is not None and bs != dls.train.bs:
+            raise PaddyError(f"bs={bs}, but the `dls` given have batches of {dls.train.bs}: pass one or the other.")
+        bs = dls.train.bs
+    elif bs is None:
         if eff_bs % accum: raise PaddyError(f"accum={accum} does not divide eff_bs={eff_bs}, so steps could not hold "
                                             f"{eff_bs} items: use a divisor of {eff_bs} (1, 2, 4, ...), or pass `bs` yourself.")
         bs = eff_bs // accum
+    if bs * accum != eff_bs:
+        raise PaddyError(f"batches of {bs} × accum={accum} = {bs*accum} items, but `GradAccum` steps every eff_bs={eff_bs} "
+                         f"items, so accum={accum} would be ignored: pass eff_bs={bs*accum}, or leave `bs` to paddy_learner "
+                         f"(bs=eff_bs//accum).")
     given_dls = dls
     if dls is None:
         if path is None: path = paddy_data()

@@ -86,3 +86,13 @@ def test_pretrained_follows_data(path, tmp_path, monkeypatch):
                dict(path=path, pretrained=True), dict(path=real, pretrained=False)]:
         paddy_learner(TINY, 32, item=ITEM, num_workers=0, **kw)
     assert asked == [False, True, False, True, True, True, False]
+
+def test_paddy_learner_accum_agrees(path):
+    "`accum` is never silently ignored: with `bs` or `dls`, `bs*accum` must be `eff_bs`."
+    from paddy_lib.data import paddy_dls
+    dls = paddy_dls(path, 32, item=ITEM, bs=32, num_workers=0)
+    assert paddy_learner(TINY, 32, item=ITEM, accum=2, dls=dls).grad_accum.n_acc == 64
+    assert paddy_learner(TINY, 32, item=ITEM, accum=1, dls=dls, eff_bs=32).grad_accum.n_acc == 32  # as memory.measure
+    with pytest.raises(PaddyError, match='would be ignored'): paddy_learner(TINY, 32, item=ITEM, accum=4, dls=dls)
+    with pytest.raises(PaddyError, match='would be ignored'): paddy_learner(TINY, 32, item=ITEM, accum=2, bs=16, path=path)
+    with pytest.raises(PaddyError, match='one or the other'): paddy_learner(TINY, 32, item=ITEM, accum=2, bs=16, dls=dls)
