@@ -348,7 +348,7 @@ d = { 'settings': { 'branch': 'main',
                                     'paddy_lib.training._bf16_native': ('training.html#_bf16_native', 'paddy_lib/training.py'),
                                     'paddy_lib.training._data_root': ('training.html#_data_root', 'paddy_lib/training.py'),
                                     'paddy_lib.training._timm_deprecated': ('training.html#_timm_deprecated', 'paddy_lib/training.py'),
-                                    'paddy_lib.training.timm_arch': ('training.html#timm_arch', 'paddy_lib/training.py'),
                                     'paddy_lib.training.paddy_learner': ('training.html#paddy_learner', 'paddy_lib/training.py'),
                                     'paddy_lib.training.precision_for': ('training.html#precision_for', 'paddy_lib/training.py'),
+                                    'paddy_lib.training.timm_arch': ('training.html#timm_arch', 'paddy_lib/training.py'),
                                     'paddy_lib.training.train': ('training.html#train', 'paddy_lib/training.py')}}}
