@@ -11,12 +11,24 @@ from pathlib import Path
 from fastcore.script import call_parse, anno_parser
 
 # %% auto #0
-__all__ = ['DEMO_EPOCHS', 'COMMANDS', 'paddy_check', 'paddy_demo', 'paddy_ensemble', 'usage', 'command', 'main']
+__all__ = ['DEMO_EPOCHS', 'COMMANDS', 'chosen_dataset', 'paddy_check', 'paddy_demo', 'paddy_ensemble', 'usage', 'command', 'main']
 
 # %% ../nbs/08_cli.ipynb #f86d4e7d
 if __name__ == '__main__' and Path(globals().get('__file__', '')).name == 'cli.py':  # `python -m paddy_lib.cli`, not a notebook
     from paddy_lib.cli import main as _main
     sys.exit(_main())
+
+# %% ../nbs/08_cli.ipynb #dcd134a8
+def chosen_dataset(path:str|Path|None=None, # the dataset given (`--path`), or None to let `paddy_data()` pick
+                  )->Path:                  # the dataset's root folder
+    "The dataset a command uses (`path`, else `paddy_data()`'s pick for this machine), announced on one line."
+    from paddy_lib.data import paddy_data, is_demo_data
+    picked = path is None
+    path = paddy_data() if picked else Path(path)
+    how = (", picked for this machine by paddy_scale() (the full data needs CUDA); --path picks another" if picked
+           else ", from --path")
+    print(f"dataset: {path} ({'demo' if is_demo_data(path) else 'full'}{how})")
+    return path
 
 # %% ../nbs/08_cli.ipynb #82e49b50
 @call_parse
@@ -24,9 +36,9 @@ def paddy_check(path:str=None,      # the dataset's root folder (default: the da
                 images:bool=True,   # also decode every image (--no-images: only the files and CSVs)
                ):
     "Check a Paddy Doctor dataset (layout, CSVs, every image) before training on it."
-    from paddy_lib.data import check_paddy, paddy_data
+    from paddy_lib.data import check_paddy
     import pandas as pd
-    path = check_paddy(path if path is not None else paddy_data(), images=images)
+    path = check_paddy(chosen_dataset(path), images=images)
     n_trn = len(pd.read_csv(path/'train.csv'))
     n_tst = len(pd.read_csv(path/'sample_submission.csv'))
     print(f"{path}: OK ({n_trn:,} training images, {n_tst:,} test images{', all decoded' if images else ''})")
@@ -66,8 +78,8 @@ def paddy_demo(out:str='paddy_demo',     # folder for the members' results and s
     from paddy_lib.data import make_demo_paddy, check_paddy
     from paddy_lib.ensemble import DEMO_CONFIGS, run_ensemble
     path = make_demo_paddy(data)
+    print(f"dataset: {path} (demo{', from --data' if data else ''})")
     check_paddy(path)
-    print(f"demo data: {path}")
     run = run_ensemble(DEMO_CONFIGS, path, out, epochs=epochs, budget_mib=budget_mib,
                        retrain=retrain, progress=progress, pretrained=False, num_workers=num_workers)
     return _report(run, Path(out)/'submission.csv', t0)
@@ -78,10 +90,10 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
                    configs:str=None,       # a JSON or YAML file listing the members (default: the seed's eight)
                    out:str='ensemble_runs', # folder for the members' results (a second run resumes from it)
                    epochs:int=12,          # fine_tune epochs per member
-                   budget_mib:float=None,  # MiB each member may use: picks accums, retries members over it (default: 16,280 on a GPU)
+                   budget_mib:float=None,  # MiB each member may use: picks accums, retries members over it (default on a GPU: Kaggle's 16,280 MiB, or the card's memory if smaller; none on a CPU)
                    submission:str='submission.csv', # where to write the submission
                    holdout_pct:float=0.2,  # share of the training images held out to score members and ensembles
-                   pretrained:bool=None,   # pretrained weights (default: yes at full scale)
+                   pretrained:bool=None,   # pretrained weights (default: no on the demo data, yes on any other)
                    check:bool=True,        # check the data first (--no-check to skip)
                    retrain:bool=False,     # train every member again
                    progress:bool=True,     # show fastai's progress bars (--no-progress: only the members' lines)
@@ -91,10 +103,10 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
     t0 = time.perf_counter()
     import torch
     if threads: torch.set_num_threads(threads)
-    from paddy_lib.data import check_paddy, paddy_data
+    from paddy_lib.data import check_paddy
     from paddy_lib.ensemble import SEED_CONFIGS, load_members, run_ensemble
     members = load_members(configs) if configs else SEED_CONFIGS
-    path = Path(path) if path is not None else paddy_data()
+    path = chosen_dataset(path)
     if check: check_paddy(path)
     run = run_ensemble(members, path, out, epochs=epochs, budget_mib=budget_mib, holdout_pct=holdout_pct,
                        pretrained=pretrained, retrain=retrain, progress=progress)

@@ -118,3 +118,15 @@ def test_real_push_without_a_username_names_the_option(kaggle_empty_home, kaggle
     err = capsys.readouterr().err
     assert 'No Kaggle username' in err and '--user NAME' in err and 'Traceback' not in err
     assert not (tmp_path/'push').exists()
+
+
+def test_commands_say_which_dataset_they_use(tmp_path):
+    "Without --path, on a machine without CUDA, real data present: the demo data is picked, and the first line says so."
+    demo = make_demo_paddy(tmp_path/'demo')  # the default settings: what `paddy_data()` makes at $PADDY_DEMO
+    real = Path(shutil.copytree(demo, tmp_path/'real', ignore=shutil.ignore_patterns('.paddy_demo.json')))
+    env = {'PADDY_DEMO': str(demo), 'PADDY_DATA': str(real), 'CUDA_VISIBLE_DEVICES': '', 'PADDY_SCALE': ''}
+    r = paddy('check', '--no-images', env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"dataset: {demo} (demo, picked for this machine by paddy_scale() (the full data needs CUDA); --path picks another)"
+    r = paddy('check', '--no-images', '--path', real, env=env)
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == f"dataset: {real} (full, from --path)", r.stdout + r.stderr
