@@ -62,7 +62,7 @@ def demo_path() -> Path:
 
 # %% ../nbs/00_data.ipynb #ec0d518a
 def make_demo_paddy(dest:str|Path|None=None, # folder to create (default: `demo_path()`)
-                    n_train:int=300,           # training images, split over the labels like the real counts
+                    n_train:int=300,           # about this many training images: split like the real counts, rounded per label, at least 8 each
                     n_test:int=40,             # test images
                     size:tuple=(96, 128),      # (width, height): portrait like the real 480×640 photos
                     seed:int=42,               # everything is drawn from this seed: same call, same bytes
@@ -226,8 +226,10 @@ def check_paddy(path:str|Path,     # the dataset's root folder
     if missing: raise PaddyDataError(f"{path} is missing {', '.join(missing)}: the Paddy Doctor layout is "
                                      f"train.csv, sample_submission.csv, train_images/<label>/<image_id>.jpg, test_images/.")
     df = pd.read_csv(path/'train.csv', dtype=str, keep_default_na=False)
-    cols = [c for c in TRAIN_COLS[:3] if c not in df.columns]
-    if cols: errs.append(f"train.csv has no column {', '.join(cols)} (it needs {', '.join(TRAIN_COLS)}; found {', '.join(df.columns)})")
+    need_cols = TRAIN_COLS[:3]  # `age` is optional: nothing in training reads it
+    cols = [c for c in need_cols if c not in df.columns]
+    if cols: errs.append(f"train.csv has no column {', '.join(cols)} (it needs {', '.join(need_cols)}, and may have "
+                         f"{', '.join(TRAIN_COLS[3:])}; found {', '.join(df.columns)})")
     ss = pd.read_csv(path/'sample_submission.csv', dtype=str, keep_default_na=False)
     if 'image_id' not in ss.columns: errs.append(f"sample_submission.csv has no column image_id (found {', '.join(ss.columns)})")
     trn = path/'train_images'

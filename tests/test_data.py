@@ -69,3 +69,14 @@ def test_paddy_path_without_credentials_says_what_to_do(kaggle_empty_home, kaggl
     with pytest.raises(PaddyDataError) as e: paddy_path()
     for what in ('was not found', 'KAGGLE_USERNAME and KAGGLE_KEY', 'kaggle.json', 'make_demo_paddy()'):
         assert what in str(e.value), what
+
+
+def test_check_paddy_required_columns(tmp_path):
+    "The message lists the columns `check_paddy` requires; `age`, which nothing reads, is optional."
+    bad = make_demo_paddy(tmp_path/'d', n_train=30, n_test=4)
+    df = pd.read_csv(bad/'train.csv')
+    df.drop(columns='age').to_csv(bad/'train.csv', index=False)
+    assert check_paddy(bad, images=False) == bad
+    df.drop(columns=['variety', 'age']).to_csv(bad/'train.csv', index=False)
+    with pytest.raises(PaddyDataError, match=r'no column variety \(it needs image_id, label, variety, and may have age;'):
+        check_paddy(bad, images=False)
