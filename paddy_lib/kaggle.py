@@ -17,13 +17,13 @@ from .data import COMP, PaddyError, iskaggle, kaggle_input, kaggle_credentials, 
 import paddy_lib
 
 # %% auto #0
-__all__ = ['KAGGLE_SETUP', 'DATASET_LICENSES', 'PLACEHOLDER_USER', 'first_code_cell', 'with_setup_cell', 'no_kaggle_credentials',
-           'KaggleError', 'KaggleCredentialsError', 'KaggleUnreachableError', 'KaggleMetadataError',
-           'kaggle_config_dir', 'find_kaggle_credentials', 'kaggle_username', 'kaggle_endpoint', 'kaggle_api',
-           'KaggleRequest', 'LocalKaggle', 'loopback_only', 'kaggle_slug', 'check_kernel_meta', 'course_root',
-           'course_notebooks', 'notebook_title', 'kernel_title', 'notebook_kernel_meta', 'write_kernel_folder',
-           'push_notebooks', 'build_wheel', 'wheel_requires', 'push_lib_dataset', 'submit', 'paddy_push',
-           'paddy_submit']
+__all__ = ['KAGGLE_SETUP', 'DATASET_LICENSES', 'NOT_ON_KAGGLE', 'PLACEHOLDER_USER', 'first_code_cell', 'with_setup_cell',
+           'no_kaggle_credentials', 'KaggleError', 'KaggleCredentialsError', 'KaggleUnreachableError',
+           'KaggleMetadataError', 'kaggle_config_dir', 'find_kaggle_credentials', 'kaggle_username', 'kaggle_endpoint',
+           'kaggle_api', 'KaggleRequest', 'LocalKaggle', 'loopback_only', 'kaggle_slug', 'check_kernel_meta',
+           'course_root', 'course_notebooks', 'kaggle_notebooks', 'notebook_title', 'kernel_title',
+           'notebook_kernel_meta', 'write_kernel_folder', 'push_notebooks', 'build_wheel', 'wheel_requires',
+           'push_lib_dataset', 'submit', 'paddy_push', 'paddy_submit']
 
 # %% ../nbs/07_kaggle.ipynb #1c5b9d45
 KAGGLE_SETUP = '''#| hide
@@ -487,6 +487,13 @@ def course_notebooks(nbs:str|Path|None=None, # the notebooks folder (default: th
     nbs = Path(nbs) if nbs is not None else course_root()/'nbs'
     return sorted(p for p in nbs.glob('*.ipynb') if p.name != 'index.ipynb' and not p.name.startswith('_'))
 
+NOT_ON_KAGGLE = ('07_kaggle.ipynb', '08_cli.ipynb')  # course notebooks `push_notebooks` leaves out unless named
+
+def kaggle_notebooks(nbs:str|Path|None=None, # the notebooks folder (default: the checkout's nbs/)
+                    )->list:                  # the notebooks `push_notebooks` sends by default
+    "The course notebooks to run on Kaggle: `course_notebooks(nbs)` less `NOT_ON_KAGGLE`."
+    return [p for p in course_notebooks(nbs) if p.name not in NOT_ON_KAGGLE]
+
 def notebook_title(nb:str|Path|dict)->str:
     "The title of a notebook: its first markdown `# ` heading (else its file name)."
     d = json.loads(Path(nb).read_text()) if not isinstance(nb, dict) else nb
@@ -565,7 +572,7 @@ def write_kernel_folder(nb:str|Path, # the notebook
     return folder
 
 def push_notebooks(user:str|None=None,        # Kaggle username (default: from your credentials)
-                   notebooks:list|None=None,  # notebook paths (default: `course_notebooks()`)
+                   notebooks:list|None=None,  # notebook paths (default: `kaggle_notebooks()`: the course less 07 and 08)
                    competition:str|None=COMP, # competition attached to each (None: none)
                    gpu:bool=True,             # run on a GPU
                    accelerator:str|None=None, # Kaggle machine shape, passed unchanged (None: Kaggle's default GPU)
@@ -578,7 +585,7 @@ def push_notebooks(user:str|None=None,        # Kaggle username (default: from y
                   )->list:                    # one dict per notebook: notebook, id, folder, and Kaggle's url/version
     "Push the course's notebooks to Kaggle with the real client, after checking every one against Kaggle's rules."
     user, api = _user(user, dry_run)
-    nbs = [Path(n) for n in (notebooks if notebooks is not None else course_notebooks())]
+    nbs = [Path(n) for n in (notebooks if notebooks is not None else kaggle_notebooks())]
     missing = [str(n) for n in nbs if not n.is_file()]
     if missing: raise PaddyError(f"No such notebook: {', '.join(missing)}.")
     if not nbs: raise PaddyError("No notebooks to push: pass `notebooks` or run from a checkout with nbs/*.ipynb.")
@@ -724,7 +731,7 @@ def _own_lib_dataset(lib_dataset:str|None, user:str|None)->tuple:
     return me or owner or None, slug
 
 @call_parse
-def paddy_push(*notebooks:str,            # notebooks to push (default: the whole course)
+def paddy_push(*notebooks:str,            # notebooks to push (default: the course less 07_kaggle and 08_cli)
                user:str=None,             # your Kaggle username (default: from your credentials)
                competition:str=COMP,      # competition attached to each notebook
                gpu:bool=True,             # run on a GPU; --no-gpu: on the CPU

@@ -6,11 +6,12 @@ from pathlib import Path
 import nbformat, pandas as pd, pytest
 from paddy_lib.data import COMP, PaddyError
 from paddy_lib.kaggle import (KAGGLE_SETUP, KaggleCredentialsError, KaggleMetadataError, KaggleUnreachableError,
-    LocalKaggle, check_kernel_meta, course_notebooks, first_code_cell, kaggle_api, kaggle_slug, kernel_title,
+    NOT_ON_KAGGLE, LocalKaggle, check_kernel_meta, course_notebooks, first_code_cell, kaggle_api, kaggle_notebooks, kaggle_slug, kernel_title,
     loopback_only, push_lib_dataset, push_notebooks, submit, with_setup_cell)
 
 ROOT = Path(__file__).resolve().parents[1]
 COURSE = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if p.name != 'index.ipynb' and not p.name.startswith('_'))
+ON_KAGGLE = [p for p in COURSE if p.name not in ('07_kaggle.ipynb', '08_cli.ipynb')]  # what a push sends by default
 USER = 'paddy-student'
 sha = lambda b: hashlib.sha256(b).hexdigest()
 srcs = lambda cells: [''.join(c['source']) for c in cells]
@@ -18,6 +19,10 @@ srcs = lambda cells: [''.join(c['source']) for c in cells]
 def test_course_notebooks_is_the_glob():
     assert COURSE, "no course notebooks found in nbs/"
     assert course_notebooks() == COURSE
+
+def test_default_push_leaves_out_the_notebooks_that_need_a_checkout():
+    assert NOT_ON_KAGGLE == ('07_kaggle.ipynb', '08_cli.ipynb') and kaggle_notebooks() == ON_KAGGLE
+    assert len(ON_KAGGLE) == len(COURSE) - 2
 
 def test_course_root_without_an_editable_install(monkeypatch, tmp_path):
     import paddy_lib
@@ -61,11 +66,11 @@ def test_push_whole_course_twice_lands_on_the_same_kernels(local_kaggle, tmp_pat
     lk.datasets[f'{USER}/paddy-lib'] = []
     first = push_notebooks(dest=tmp_path/'push')
     second = push_notebooks(dest=tmp_path/'push')
-    assert lk.calls() == ['KernelsApiService/SaveKernel'] * (2*len(COURSE))
-    assert [r['notebook'] for r in first] == [p.name for p in COURSE]
-    assert len({r['id'] for r in first}) == len(COURSE)
+    assert lk.calls() == ['KernelsApiService/SaveKernel'] * (2*len(ON_KAGGLE))
+    assert [r['notebook'] for r in first] == [p.name for p in ON_KAGGLE]
+    assert len({r['id'] for r in first}) == len(ON_KAGGLE)
     assert sorted(lk.kernels) == sorted(r['id'] for r in first)  # Kaggle's address is the id we sent
-    assert [r['version'] for r in second] == [2] * len(COURSE)
+    assert [r['version'] for r in second] == [2] * len(ON_KAGGLE)
 
 def test_options_reach_kaggle(local_kaggle, tmp_path):
     lk = local_kaggle
@@ -82,8 +87,8 @@ def test_dry_run_writes_one_valid_folder_per_notebook_without_credentials(kaggle
         for k in ('KAGGLE_USERNAME', 'KAGGLE_KEY'): os.environ.pop(k)  # no credentials at all: a dry run needs none
         res = push_notebooks('someone', dry_run=True, dest=tmp_path/'dry')
     assert lk.requests == []
-    assert sorted(p.name for p in (tmp_path/'dry').iterdir()) == sorted(p.stem for p in COURSE)
-    for r, nb in zip(res, COURSE):
+    assert sorted(p.name for p in (tmp_path/'dry').iterdir()) == sorted(p.stem for p in ON_KAGGLE)
+    for r, nb in zip(res, ON_KAGGLE):
         meta = json.loads((r['folder']/'kernel-metadata.json').read_text())
         assert check_kernel_meta(meta) == []
         assert meta == dict(id=r['id'], title=kernel_title(nb), code_file=nb.name, language='python',
