@@ -19,7 +19,7 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, RandomSplit
 __all__ = ['COMP', 'LABELS', 'VARIETIES', 'TRAIN_COLS', 'SUBM_COLS', 'iskaggle', 'PaddyError', 'PaddyDataError', 'demo_path',
            'make_demo_paddy', 'kaggle_input', 'kaggle_credentials', 'paddy_path', 'paddy_scale', 'paddy_data',
            'is_demo_data', 'default_pretrained', 'check_paddy', 'get_variety', 'smallest_label', 'get_test_files',
-           'paddy_dls', 'check_submission']
+           'paddy_dls', 'dls_dataset', 'check_submission']
 
 # %% ../nbs/00_data.ipynb #3cef32f4
 COMP = 'paddy-disease-classification'  # the Kaggle competition's slug
@@ -288,6 +288,8 @@ def paddy_dls(path:str|Path,                        # dataset root (holds train_
               trn_path:str|Path|None=None,          # train on this folder instead of train_images/ (e.g. one label's)
               splitter=None,                        # a fastai splitter overriding `valid_pct`/`seed`
               min_scale:float=0.75,                 # `aug_transforms`' smallest crop
+              get_y=parent_label,                   # the label getter, or one getter per target block
+              y_blocks:list|None=None,              # the target blocks (default: one `CategoryBlock`; more for multi-target)
               **kwargs,                             # passed to `DataBlock.dataloaders` (num_workers, device, ...)
              ):
     "The seed's `ImageDataLoaders.from_folder` for the Paddy layout: label from the folder, augmented to `size`."
@@ -295,10 +297,20 @@ def paddy_dls(path:str|Path,                        # dataset root (holds train_
     trn_path = Path(trn_path) if trn_path is not None else path/'train_images'
     if not trn_path.exists(): raise PaddyDataError(f"{trn_path} does not exist: is {path} a Paddy dataset? (check_paddy tells)")
     if item is None: item = Resize(480, method='squish')
-    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, get_y=parent_label,
+    dblock = DataBlock(blocks=(ImageBlock, *(y_blocks or [CategoryBlock])), n_inp=1, get_items=get_image_files, get_y=get_y,
                        splitter=splitter or RandomSplitter(valid_pct, seed=seed),
                        item_tfms=item, batch_tfms=aug_transforms(size=size, min_scale=min_scale))
-    return dblock.dataloaders(trn_path, bs=bs, **kwargs)
+    dls = dblock.dataloaders(trn_path, bs=bs, **kwargs)
+    dls.data_path = path  # the dataset, for `dls_dataset` (`dls.path` stays '.', where fastai saves models)
+    return dls
+
+def dls_dataset(dls, # DataLoaders
+               )->Path|None: # the dataset's root folder, if known
+    "The dataset `dls` read: `dls.data_path` (set by `paddy_dls`), else the folder above its first training image that holds `train_images/` or is a demo dataset, else None."
+    if getattr(dls, 'data_path', None) is not None: return Path(dls.data_path)
+    items = getattr(dls.train_ds, 'items', None)
+    if items is None or not len(items) or not isinstance(items[0], (str, Path)): return None  # rows, tensors, ...
+    return next((q for q in Path(items[0]).parents if (q/'train_images').is_dir() or is_demo_data(q)), None)
 
 # %% ../nbs/00_data.ipynb #b7626ba6
 def check_submission(sub:str|Path|pd.DataFrame, # a submission CSV or DataFrame

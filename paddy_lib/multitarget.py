@@ -9,17 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 import torch, torch.nn.functional as F, pandas as pd
 from fastcore.all import L, patch
-from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, RandomSplitter, Resize, aug_transforms,
-                               get_image_files, parent_label, error_rate, vision_learner, Categorize, MultiCategorize,
-                               Learner)
-from .data import PaddyError, PaddyDataError, LABELS, VARIETIES, get_variety, is_demo_data, default_pretrained
+from fastai.vision.all import CategoryBlock, parent_label, error_rate, vision_learner, Categorize, MultiCategorize, Learner
+from .data import PaddyError, LABELS, VARIETIES, get_variety, default_pretrained, paddy_dls, dls_dataset
 from .data import get_test_files, check_submission
 from .training import timm_arch, precision_for
 
 # %% auto #0
 __all__ = ['PADDY_TARGETS', 'MultiTargetError', 'TargetCountError', 'HeadSizeError', 'MultiTargetLoss', 'MultiTarget',
            'disease_loss', 'variety_loss', 'combine_loss', 'disease_err', 'variety_err', 'multitarget_dls',
-           'dls_dataset', 'multitarget_learner', 'predict_targets', 'multitarget_submission']
+           'multitarget_learner', 'predict_targets', 'multitarget_submission']
 
 # %% ../nbs/04_multitarget.ipynb #fea74d0d
 class MultiTargetError(PaddyError):
@@ -221,26 +219,12 @@ def multitarget_dls(path:str|Path,                        # dataset root (holds 
     if len(blocks) != n:
         raise TargetCountError(f"{len(blocks)} target blocks for {n} getters in `get_y`: each target needs one block "
                                f"and one getter (the image is the input block, added here).")
-    path = Path(path)
-    trn_path = Path(trn_path) if trn_path is not None else path/'train_images'
-    if not trn_path.exists(): raise PaddyDataError(f"{trn_path} does not exist: is {path} a Paddy dataset? (check_paddy tells)")
-    if item is None: item = Resize(480, method='squish')
-    dblock = DataBlock(blocks=(ImageBlock, *blocks), n_inp=1, get_items=get_image_files, get_y=get_y,
-                       splitter=splitter or RandomSplitter(valid_pct, seed=seed),
-                       item_tfms=item, batch_tfms=aug_transforms(size=size, min_scale=min_scale))
-    dls = dblock.dataloaders(trn_path, bs=bs, **kwargs)
-    dls.target_names, dls.data_path = names, path  # `data_path`: the dataset, for `multitarget_learner`'s `pretrained`
+    dls = paddy_dls(path, size, item=item, bs=bs, valid_pct=valid_pct, seed=seed, trn_path=trn_path, splitter=splitter,
+                    min_scale=min_scale, get_y=get_y, y_blocks=blocks, **kwargs)  # the one Paddy DataBlock, with these targets
+    dls.target_names = names
     return dls
 
 # %% ../nbs/04_multitarget.ipynb #148834c7
-def dls_dataset(dls, # DataLoaders
-               )->Path|None: # the dataset's root folder, if known
-    "The dataset `dls` reads: `dls.data_path` if set, else the demo dataset holding its first training image, else None."
-    if getattr(dls, 'data_path', None) is not None: return Path(dls.data_path)
-    try: f = Path(dls.train_ds.items[0])
-    except Exception: return None  # items that are no file paths (a DataFrame's rows, tensors, ...)
-    return next((p for p in f.parents if is_demo_data(p)), None)
-
 def multitarget_learner(dls,               # DataLoaders with one `CategoryBlock` per target (e.g. `multitarget_dls`)
                         arch,              # a timm model name (the seed's names are mapped by `timm_arch`) or a model function
                         weights=None,      # each target's weight in the combined loss (default: 1 each)

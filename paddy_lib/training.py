@@ -14,7 +14,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.learner import Learner
 from fastai.metrics import error_rate
 from fastai.vision.all import Resize, vision_learner
-from .data import PaddyError, paddy_data, paddy_dls, get_test_files, smallest_label, default_pretrained
+from .data import PaddyError, paddy_data, paddy_dls, dls_dataset, get_test_files, smallest_label, default_pretrained
 from .accumulation import GradAccum
 
 # %% auto #0
@@ -100,12 +100,6 @@ class StopAfter(Callback):
         if self.count >= self.n: raise CancelFitException()
 
 # %% ../nbs/02_training.ipynb #421b02af
-def _data_root(dls)->Path:
-    "The dataset root `dls` were built from, above their first training image (`<root>/train_images/<label>/<id>.jpg`)."
-    items = getattr(dls.train_ds, 'items', None)  # not `dls.path`: `paddy_dls` leaves it '.', where fastai saves models
-    p = Path(items[0]) if items is not None and len(items) and isinstance(items[0], (str, Path)) else Path(dls.path)
-    return next((q for q in [p, *p.parents][:4] if (q/'train_images').is_dir()), Path(dls.path))
-
 def paddy_learner(arch:str,                   # timm model name (the seed's names are mapped by `timm_arch`), or a model function
                   size:int|tuple,             # training image size (after the batch transforms)
                   item=None,                  # item transform (default: `Resize(480, method='squish')`)
@@ -140,7 +134,6 @@ def paddy_learner(arch:str,                   # timm model name (the seed's name
         raise PaddyError(f"batches of {bs} × accum={accum} = {bs*accum} items, but `GradAccum` steps every eff_bs={eff_bs} "
                          f"items, so accum={accum} would be ignored: pass eff_bs={bs*accum}, or leave `bs` to paddy_learner "
                          f"(bs=eff_bs//accum).")
-    given_dls = dls
     if dls is None:
         if path is None: path = paddy_data()
         dls = paddy_dls(path, size, item=item, bs=bs, valid_pct=valid_pct, seed=seed, trn_path=trn_path, splitter=splitter,
@@ -148,7 +141,9 @@ def paddy_learner(arch:str,                   # timm model name (the seed's name
     if len(dls.train) == 0:
         raise PaddyError(f"{len(dls.train_ds)} training images make no full batch of {dls.train.bs} (fastai drops the "
                          f"last partial batch when training): train on more images, or lower `eff_bs` or `bs`.")
-    if pretrained is None: pretrained = default_pretrained(path if given_dls is None else _data_root(dls))
+    if pretrained is None:
+        ds = dls_dataset(dls)  # the dataset trained on (`paddy_dls` records it; others: found from the images)
+        pretrained = ds is None or default_pretrained(ds)
     prec = precision_for(dls.device, precision)
     if isinstance(arch, str): arch = timm_arch(arch)
     learn = vision_learner(dls, arch, metrics=metrics, cbs=[GradAccum(eff_bs), *L(cbs)], pretrained=pretrained, **kwargs)
