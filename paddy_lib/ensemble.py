@@ -438,7 +438,9 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
     max_accum = max_accum or max(1, eff_bs//2)
     if budget_mib is None and torch.cuda.is_available(): budget_mib = default_budget()
     why = 'as given'
-    if pretrained is None: pretrained, why = default_pretrained(path), f"default_pretrained: {'the demo data' if not default_pretrained(path) else 'not the demo data'}"
+    if pretrained is None:
+        pretrained = default_pretrained(path)
+        why = f"default_pretrained: {'not the demo data' if pretrained else 'the demo data'}"
     if num_workers is None and not torch.cuda.is_available(): num_workers = 0  # measured faster: bench/demo.py
     hold = holdout_ids(path, holdout_pct, holdout_seed)
     hold_files, tst_files = _holdout_files(path, hold), get_test_files(path)

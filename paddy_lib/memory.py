@@ -85,6 +85,10 @@ def _hwm_works() -> bool:
 HWM_OK = _hwm_works()  # exact CPU peaks available?
 _active = []           # the peak_memory contexts now open, outermost first
 
+def _resident_peak() -> float:
+    "This process's peak resident memory since `VmHWM` was last reset (where that works; else the current RSS), in MiB."
+    return max(_hwm_mib(), rss_mib()) if HWM_OK else rss_mib()
+
 # %% ../nbs/03_memory.ipynb #49e80479
 class peak_memory:
     "Context manager and decorator: the peak memory of the code inside, in MiB (CUDA: allocator + context; CPU: resident memory)."
@@ -112,7 +116,7 @@ class peak_memory:
         return rss_mib()
     def _running_peak(self):
         if self.method == 'allocator': return self.overhead + torch.cuda.max_memory_reserved(self.device)/MiB
-        if self.method == 'VmHWM': return max(_hwm_mib(), rss_mib())
+        if self.method == 'VmHWM': return _resident_peak()
         return max(self._sampled, rss_mib())
     def _peers(self): return [c for c in _active if c is not self and c.method == self.method and c.device == self.device]
     def _sample(self):
@@ -560,7 +564,7 @@ class MemoryBudget(Callback):
         self.peak = rss_mib()
     def _check(self):
         if not self.training: return
-        now = max(_hwm_mib(), rss_mib()) if HWM_OK else rss_mib()
+        now = _resident_peak()
         self.peak = max(self.peak, now)
         if now > self.budget_mib:
             raise torch.OutOfMemoryError(
