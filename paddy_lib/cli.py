@@ -6,12 +6,13 @@ Docs: https://paddy-lib.github.io/paddy_lib/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #69cdb37c
 from __future__ import annotations
-import sys, time, inspect, importlib
+import sys, time, inspect, importlib, argparse
 from pathlib import Path
 from fastcore.script import call_parse, anno_parser
+from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['DEMO_EPOCHS', 'COMMANDS', 'chosen_dataset', 'paddy_check', 'paddy_demo', 'paddy_ensemble', 'usage', 'command', 'main']
+__all__ = ['COMMANDS', 'chosen_dataset', 'paddy_check', 'paddy_demo', 'paddy_ensemble', 'usage', 'command', 'parser', 'main']
 
 # %% ../nbs/08_cli.ipynb #f86d4e7d
 if __name__ == '__main__' and Path(globals().get('__file__', '')).name == 'cli.py':  # `python -m paddy_lib.cli`, not a notebook
@@ -45,8 +46,6 @@ def paddy_check(path:str=None,      # the dataset's root folder (default: the da
     return path
 
 # %% ../nbs/08_cli.ipynb #55070473
-DEMO_EPOCHS = 5  # `paddy demo`'s fine_tune epochs per member
-
 def _show(df):
     import pandas as pd
     with pd.option_context('display.width', 200, 'display.max_columns', 20, 'display.precision', 3): print(df.to_string(index=False))
@@ -63,11 +62,11 @@ def _report(run, dest, t0):
 
 @call_parse
 def paddy_demo(out:str='paddy_demo',     # folder for the members' results and submission.csv
-               epochs:int=DEMO_EPOCHS,   # fine_tune epochs per member
+               epochs:int=None,          # epochs per member (default: `DEMO_EPOCHS`, 8)
                data:str=None,            # demo data folder (default: $PADDY_DEMO, else ~/.cache/paddy_lib/...)
                budget_mib:float=None,    # MiB each member may use: find_accum picks accums under it, a member over it is retried at a larger accum
                retrain:bool=False,       # train every member again, even those already saved in `out`
-               progress:bool=True,       # show fastai's progress bars (--no-progress: only the members' lines)
+               progress:bool=None,       # fastai's progress bars (default: on a terminal; else one line per epoch; --no-progress: only the members' lines)
                num_workers:int=None,     # DataLoader worker processes (default: 0 on a CPU, the fastest there)
                threads:int=1,            # PyTorch's CPU threads (1: fastest on a small CPU shared with other work)
               ):
@@ -76,11 +75,11 @@ def paddy_demo(out:str='paddy_demo',     # folder for the members' results and s
     import torch
     if threads: torch.set_num_threads(threads)
     from paddy_lib.data import make_demo_paddy, check_paddy
-    from paddy_lib.ensemble import DEMO_CONFIGS, run_ensemble
+    from paddy_lib.ensemble import DEMO_CONFIGS, DEMO_EPOCHS, run_ensemble
     path = make_demo_paddy(data)
     print(f"dataset: {path} (demo{', from --data' if data else ''})")
     check_paddy(path)
-    run = run_ensemble(DEMO_CONFIGS, path, out, epochs=epochs, budget_mib=budget_mib,
+    run = run_ensemble(DEMO_CONFIGS, path, out, epochs=DEMO_EPOCHS if epochs is None else epochs, budget_mib=budget_mib,
                        retrain=retrain, progress=progress, pretrained=False, num_workers=num_workers)
     return _report(run, Path(out)/'submission.csv', t0)
 
@@ -89,14 +88,15 @@ def paddy_demo(out:str='paddy_demo',     # folder for the members' results and s
 def paddy_ensemble(path:str=None,          # the dataset's root folder (default: the data `paddy_data()` picks)
                    configs:str=None,       # a JSON or YAML file listing the members (default: the seed's eight)
                    out:str='ensemble_runs', # folder for the members' results (a second run resumes from it)
-                   epochs:int=12,          # fine_tune epochs per member
-                   budget_mib:float=None,  # MiB each member may use: picks accums, retries members over it (default on a GPU: Kaggle's 16,280 MiB, or the card's memory if smaller; none on a CPU)
+                   epochs:int=12,          # epochs per member (the seed's 12)
+                   budget_mib:float=None,  # MiB each member may use: picks accums, retries members over it (default on a GPU: a T4's 15,110 MiB, or the card's memory if smaller or on Kaggle; none on a CPU)
                    submission:str='submission.csv', # where to write the submission
                    holdout_pct:float=0.2,  # share of the training images held out to score members and ensembles
-                   pretrained:bool=None,   # pretrained weights (default: no on the demo data, yes on any other)
-                   check:bool=True,        # check the data first (--no-check to skip)
-                   retrain:bool=False,     # train every member again
-                   progress:bool=True,     # show fastai's progress bars (--no-progress: only the members' lines)
+                   pretrained:bool=None,   # pretrained weights (default: follow the data: none on the demo data, pretrained on any other)
+                   finetune:bool=None,     # fine_tune; --no-finetune: fit_one_cycle on the whole model (default: by the weights: fine_tune pretrained, fit_one_cycle random)
+                   check:bool=True,        # check the data (layout, CSVs, every image) before training
+                   retrain:bool=False,     # train every member again, even those already saved in `out`
+                   progress:bool=None,     # fastai's progress bars (default: on a terminal; else one line per epoch; --no-progress: only the members' lines)
                    threads:int=None,       # PyTorch's CPU threads (default: PyTorch's choice; 1 is fastest on a small shared CPU)
                   ):
     "Train an ensemble (the seed's eight by default) with resumable, memory-fitted members; write a checked submission."
@@ -109,7 +109,7 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
     path = chosen_dataset(path)
     if check: check_paddy(path)
     run = run_ensemble(members, path, out, epochs=epochs, budget_mib=budget_mib, holdout_pct=holdout_pct,
-                       pretrained=pretrained, retrain=retrain, progress=progress)
+                       pretrained=pretrained, finetune=finetune, retrain=retrain, progress=progress)
     return _report(run, Path(submission), t0)
 
 # %% ../nbs/08_cli.ipynb #40ef3b3a
@@ -145,13 +145,29 @@ def command(name:str): # a command's name, e.g. 'demo'
     mod, fn = COMMANDS[name]
     try: f = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
-        raise ImportError(f"paddy {name} needs {mod}.{fn}, which this installation of paddy_lib lacks ({e}). "
-                          "Reinstall paddy_lib (pip install -U paddy_lib), or use a checkout with that module.") from None
+        raise ImportError(f"paddy {name} needs {mod}.{fn}, which this installation of paddy_lib lacks ({e}). Reinstall "
+                          "paddy_lib from its checkout (pip install -e .) or its wheel (it is not on PyPI).") from None
     return f
+
+def _yes_no(v): return {True: 'yes', False: 'no'}.get(v)
+
+def parser(f,                # a command's function, with docments
+           prog:str|None=None, # the program's name in the usage line
+          )->argparse.ArgumentParser:
+    "fastcore's `anno_parser` for `f`, with every bool a `--x/--no-x` pair whose help says what the default does."
+    p = anno_parser(f, prog=prog)
+    for k, v in docments(f, full=True, returns=False, eval_str=True).items():
+        if v.anno is not bool: continue
+        old = next(a for a in p._actions if a.dest == k)  # fastcore's one-way flag (`--x`, or `--no-x` for a True default)
+        p._handle_conflict_resolve(None, [(o, old) for o in old.option_strings])  # argparse's own way to drop an option
+        shown = '' if v.default is None else f" (default: {_yes_no(v.default)})"  # None: the docment says what decides
+        p.add_argument(f"--{k.replace('_', '-')}", action=argparse.BooleanOptionalAction, dest=k, help=(v.docment or '') + shown)
+        p.set_defaults(**{k: v.default})
+    return p
 
 def _call(f, prog, argv):
     "Parse `argv` for `f` as `call_parse` would, and call it."
-    args = vars(anno_parser(f, prog=prog).parse_args(argv))
+    args = vars(parser(f, prog=prog).parse_args(argv))
     for k in ('pdb', 'xtra'): args.pop(k, None)
     sig = inspect.signature(f)
     var = [k for k, p in sig.parameters.items() if p.kind is inspect.Parameter.VAR_POSITIONAL]

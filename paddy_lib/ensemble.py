@@ -6,23 +6,27 @@ Docs: https://paddy-lib.github.io/paddy_lib/ensemble.html.md"""
 
 # %% ../nbs/06_ensemble.ipynb #3f34ac2e
 from __future__ import annotations
-import os, json, time, hashlib, tempfile, datetime, numbers, contextlib, enum, functools, types
+import os, sys, json, time, hashlib, tempfile, datetime, numbers, contextlib, enum, functools, types
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.all import L
 from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import set_seed
+from fastcore.basics import noop
+import fastprogress.fastprogress as _fp
 from fastai.vision.all import Resize, ResizeMethod
 from .data import PaddyError, paddy_data, default_pretrained, get_test_files, check_submission
-from .training import paddy_learner, timm_arch
+from .training import paddy_learner, timm_arch, check_weights, fit_recipe, recipe_note
 from .memory import (peak_memory, free_learner, find_accum, hold_to_budget, default_budget, MemoryBudget, BudgetError,
                               device_name)
 
 # %% auto #0
-__all__ = ['SEED_CONFIGS', 'DEMO_CONFIGS', 'Member', 'as_member', 'load_members', 'members_from_dict', 'ensemble_preds',
-           'atomic_write', 'write_submission', 'holdout_ids', 'HoldoutSplitter', 'data_fingerprint', 'stable_repr',
-           'member_key', 'member_file', 'save_member', 'load_member', 'EnsembleRun', 'run_ensemble']
+__all__ = ['SEED_CONFIGS', 'DEMO_CONFIGS', 'DEMO_EPOCHS', 'Member', 'as_member', 'load_members', 'members_from_dict',
+           'ensemble_preds', 'atomic_write', 'write_submission', 'holdout_ids', 'HoldoutSplitter', 'data_fingerprint',
+           'stable_repr', 'member_key', 'member_file', 'save_member', 'load_member', 'EpochLog', 'EnsembleRun',
+           'run_ensemble']
 
 # %% ../nbs/06_ensemble.ipynb #a8b3a203
 _METHODS = ('squish', 'crop', 'pad')
@@ -135,11 +139,12 @@ def members_from_dict(models:dict,            # the seed's form: {arch: {(Resize
 # %% ../nbs/06_ensemble.ipynb #a4fba818
 _DEMO_RES = (128, 96)  # the demo photos are 96×128 (w×h): the seed's (640,480) scaled by 1/5
 DEMO_CONFIGS = [
-    Member('convnext_atto', ('squish', 96), 64, accum=2),
-    Member('convnext_atto', ('crop', _DEMO_RES), 64, accum=2),
-    Member('vit_tiny_patch16_224', ('squish', 96), 64, weight=2, accum=2, kwargs=dict(img_size=64)),
-    Member('vit_tiny_patch16_224', ('crop', _DEMO_RES), 64, weight=2, accum=2, kwargs=dict(img_size=64)),
+    Member('resnet18', ('squish', 96), 64, weight=2, accum=2),
+    Member('resnet18', ('crop', _DEMO_RES), 64, weight=2, accum=2),
+    Member('resnet10t', ('squish', 96), 64, accum=2),
+    Member('resnet10t', ('crop', _DEMO_RES), 64, accum=2),
 ]
+DEMO_EPOCHS = 8  # epochs per demo member: enough for each to reach about 5% hold-out error (measured below)
 
 # %% ../nbs/06_ensemble.ipynb #d98918b8
 def ensemble_preds(preds:list,           # each member's predictions (n_items × n_classes), or `(preds, targs)` as `tta` returns
@@ -285,6 +290,24 @@ def _is_oom(e:BaseException)->bool:
 
 def _err(preds, targs)->float: return (preds.argmax(1) != targs).float().mean().item()
 
+def _live_output()->bool:
+    "Is the output a terminal or a notebook, where progress bars redraw in place (rather than a log file, CI, `nohup`)?"
+    return _fp.IN_NOTEBOOK or bool(getattr(sys.stdout, 'isatty', lambda: False)())
+
+class EpochLog(Callback):
+    "fastai's table of epochs as plain lines, one per epoch and no progress bars: for output that is a file, not a terminal."
+    order = ProgressCallback.order
+    def before_fit(self):
+        self.old, self.widths = self.learn.logger, None
+        if self.old is not noop: self.learn.logger = self._line  # (`no_logging` leaves it silent)
+    def _line(self, vals):
+        if self.widths is None:  # the header, with the first epoch's line: `tta`'s passes log none
+            self.widths = [max(8, len(n)) for n in self.recorder.metric_names]
+            self._line(self.recorder.metric_names)
+        cells = [f'{v:.6f}' if isinstance(v, float) else str(v) for v in vals]
+        print('  '.join(c.ljust(w) for c, w in zip(cells, self.widths)).rstrip(), flush=True)
+    def after_fit(self): self.learn.logger = self.old
+
 def _holdout_files(path, hold):
     df = pd.read_csv(Path(path)/'train.csv', usecols=['image_id', 'label'], dtype=str).set_index('image_id')
     return [Path(path)/'train_images'/df.label[i]/i for i in hold]
@@ -308,9 +331,10 @@ def _train_member(m, accum, path, hold, hold_files, tst_files, key, epochs, lr, 
                     raise PaddyError(f"{m.name}: run_ensemble records each member's validation `error_rate`, but its learner's "
                                      f"metrics are {names or 'none'}: keep error_rate among them (e.g. metrics=[error_rate, accuracy]).")
                 with contextlib.ExitStack() as quiet:
-                    if not progress: quiet.enter_context(learn.no_bar()); quiet.enter_context(learn.no_logging())
-                    if finetune: learn.fine_tune(epochs, lr)
-                    else: learn.unfreeze(); learn.fit_one_cycle(epochs, lr)
+                    if not progress or (progress is None and not _live_output()): quiet.enter_context(learn.no_bar())
+                    if progress is False: quiet.enter_context(learn.no_logging())
+                    elif progress is None and not _live_output(): quiet.enter_context(learn.added_cbs(EpochLog()))
+                    fit = fit_recipe(learn, epochs, lr, finetune)
                     rec = learn.recorder  # read it now: `tta` clears the recorder. Its values: train_loss, valid_loss, metrics...
                     valid_error = float(rec.values[-1][rec.metric_names[1:].index('error_rate')])  # names: 'epoch', then the values'
                     test_preds, _ = learn.tta(dl=learn.dls.test_dl(tst_files))
@@ -321,7 +345,7 @@ def _train_member(m, accum, path, hold, hold_files, tst_files, key, epochs, lr, 
                         holdout_ids=list(hold), holdout_preds=hold_preds.float(), holdout_targs=hold_targs.long(),
                         record=dict(name=m.name, arch=m.arch, item=f'{m.item[0]} {_fmt(m.item[1])}', size=_fmt(m.size),
                                     accum=int(accum), oom_retries=retries, epochs=epochs,
-                                    fit='fine_tune' if finetune else 'fit_one_cycle', valid_error=valid_error,
+                                    fit=fit, valid_error=valid_error,
                                     holdout_error=_err(hold_preds, hold_targs), peak_mib=float(pm.peak),
                                     minutes=(time.perf_counter()-t0)/60, device=device_name(), key=key,
                                     finished=datetime.datetime.now().isoformat(timespec='seconds')))
@@ -370,7 +394,8 @@ class EnsembleRun:
         "One row per member: how it was made, how it did, and whether this run trained or loaded it."
         rows = [dict(member=i, **(r['record'] if r else dict(name=m.name, arch=m.arch)), weight=m.weight, status=s)
                 for i, (m, r, s) in enumerate(zip(self.members, self.results, self.status), 1)]
-        cols = ['member', 'name', 'weight', 'accum', 'oom_retries', 'valid_error', 'holdout_error', 'peak_mib', 'minutes', 'status']
+        cols = ['member', 'name', 'weight', 'fit', 'accum', 'oom_retries', 'valid_error', 'holdout_error', 'peak_mib', 'minutes',
+                'status']
         return pd.DataFrame(rows).reindex(columns=cols)
 
     def probs(self, weighted:bool=True, # the members' weights (False: the plain average)
@@ -421,10 +446,10 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
                  eff_bs:int=64,                # items per optimizer step
                  max_accum:int|None=None,      # the largest accum an out-of-memory member is retried with (default: eff_bs//2)
                  pretrained:bool|None=None,    # pretrained weights (None: `default_pretrained(path)`, False on the demo data, True on any other)
-                 finetune:bool=True,           # `fine_tune`, the seed's (False: `fit_one_cycle` on the whole model)
+                 finetune:bool|None=None,      # None: by the weights (`fine_tune` pretrained, `fit_one_cycle` random); True/False: always that
                  retrain:bool=False,           # train every member again, even if its result is saved
                  num_workers:int|None=None,    # DataLoader workers (None: 0 on a CPU, where workers take cores from training; fastai's default on a GPU)
-                 progress:bool=True,           # fastai's progress bars inside each member
+                 progress:bool|None=None,      # fastai's bars (True); none (False); None: bars in a terminal or notebook, else a line per epoch
                  cbs=None,                     # more callbacks for every learner (in the members' key, unless a class says `in_member_key = False`)
                  log=print,                    # where progress lines go
                  **kwargs,                     # passed to `paddy_learner` (precision, loss_func, ...), and in the members' key
@@ -441,6 +466,8 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
     if pretrained is None:
         pretrained = default_pretrained(path)
         why = f"default_pretrained: {'not the demo data' if pretrained else 'the demo data'}"
+    recipe = recipe_note(pretrained) if finetune is None else ('fine_tune' if finetune else 'fit_one_cycle') + ' (as given)'
+    if finetune is None: finetune = pretrained
     if num_workers is None and not torch.cuda.is_available(): num_workers = 0  # measured faster: bench/demo.py
     hold = holdout_ids(path, holdout_pct, holdout_seed)
     hold_files, tst_files = _holdout_files(path, hold), get_test_files(path)
@@ -453,6 +480,9 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
     n = len(members)
     log(f"{n} member(s) on {path}: pretrained={pretrained} ({why})"
         + (f", budget {budget_mib:,.0f} MiB" if budget_mib else ", no memory budget"))
+    if pretrained:  # weights that can't be had (offline, not cached) stop the run now, not when a member starts
+        for arch in dict.fromkeys(m.arch for m, k in zip(members, keys) if retrain or not member_file(out, m, k).exists()):
+            check_weights(arch)
     for i, (m, key) in enumerate(zip(members, keys), 1):
         fn = member_file(out, m, key)
         log(f"member {i} of {n}: {m.name}, weight {m.weight:g}")
@@ -470,6 +500,7 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
                 accum = (find_accum(m.arch, m.size, budget_mib, eff_bs, item=m.resize, path=path, verbose=False,
                                     pretrained=pretrained, **m.kwargs) if budget_mib else 1)
                 log(f"  accum={int(accum)}" + (f" (find_accum, budget {budget_mib:,.0f} MiB)" if budget_mib else " (no budget on a CPU)"))
+            log(f"  recipe: {recipe}")
             with hold_to_budget(budget_mib) if budget_mib else contextlib.nullcontext():  # CUDA: the allocator's limit
                 res = _train_member(m, int(accum), path, hold, hold_files, tst_files, key, epochs, lr, eff_bs, max_accum,
                                     pretrained, finetune, num_workers, cbs, progress, log, budget_mib, **kwargs)

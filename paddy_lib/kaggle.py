@@ -17,13 +17,13 @@ from .data import COMP, PaddyError, iskaggle, kaggle_input, kaggle_credentials, 
 import paddy_lib
 
 # %% auto #0
-__all__ = ['KAGGLE_SETUP', 'DATASET_LICENSES', 'NOT_ON_KAGGLE', 'PLACEHOLDER_USER', 'first_code_cell', 'with_setup_cell',
-           'no_kaggle_credentials', 'KaggleError', 'KaggleCredentialsError', 'KaggleUnreachableError',
-           'KaggleMetadataError', 'kaggle_config_dir', 'find_kaggle_credentials', 'kaggle_username', 'kaggle_endpoint',
-           'kaggle_api', 'KaggleRequest', 'LocalKaggle', 'loopback_only', 'kaggle_slug', 'check_kernel_meta',
-           'course_root', 'course_notebooks', 'kaggle_notebooks', 'notebook_title', 'kernel_title',
-           'notebook_kernel_meta', 'write_kernel_folder', 'push_notebooks', 'build_wheel', 'wheel_requires',
-           'push_lib_dataset', 'submit', 'paddy_push', 'paddy_submit']
+__all__ = ['KAGGLE_SETUP', 'DATASET_LICENSES', 'NOT_ON_KAGGLE', 'KAGGLE_GPU', 'PLACEHOLDER_USER', 'first_code_cell',
+           'with_setup_cell', 'no_kaggle_credentials', 'KaggleError', 'KaggleCredentialsError',
+           'KaggleUnreachableError', 'KaggleMetadataError', 'kaggle_config_dir', 'find_kaggle_credentials',
+           'kaggle_username', 'kaggle_endpoint', 'kaggle_api', 'KaggleRequest', 'LocalKaggle', 'loopback_only',
+           'kaggle_slug', 'check_kernel_meta', 'course_root', 'course_notebooks', 'kaggle_notebooks', 'notebook_title',
+           'kernel_title', 'notebook_kernel_meta', 'write_kernel_folder', 'push_notebooks', 'build_wheel',
+           'wheel_requires', 'push_lib_dataset', 'submit', 'paddy_push', 'paddy_submit']
 
 # %% ../nbs/07_kaggle.ipynb #1c5b9d45
 KAGGLE_SETUP = '''#| hide
@@ -514,13 +514,15 @@ def kernel_title(nb:str|Path,        # the notebook
     while words and len(head + ' '.join(words)) > max_len: words.pop()
     return (head + ' '.join(words)).rstrip(' :,;.-')
 
+KAGGLE_GPU = 'NvidiaTeslaT4'  # Kaggle's default GPU machine shape (the P100 is retired: its sessions run on a T4)
+
 def notebook_kernel_meta(nb:str|Path,              # the notebook
                          user:str,                  # Kaggle username: the id is user/<slug of the title>
                          title:str|None=None,       # Kaggle title (default: `kernel_title(nb)`)
                          competition:str|None=COMP, # competition attached (None: none)
                          lib_dataset:str|None='paddy-lib', # the library's dataset, 'slug' (of `user`) or 'owner/slug'
                          gpu:bool=True,             # run on a GPU
-                         accelerator:str|None=None, # Kaggle machine shape, passed unchanged (None: Kaggle's default GPU)
+                         accelerator:str|None=None, # Kaggle machine shape, passed unchanged (None: `KAGGLE_GPU` with `gpu`, none without)
                          internet:bool=True,        # internet on (not needed to install paddy_lib: that comes from `lib_dataset`)
                          private:bool=True,         # visible only to you
                         )->dict:
@@ -530,7 +532,8 @@ def notebook_kernel_meta(nb:str|Path,              # the notebook
     meta = dict(id=f"{user}/{kaggle_slug(title)}", title=title, code_file=Path(nb).name, language='python',
                 kernel_type='notebook', is_private=private, enable_gpu=gpu, enable_internet=internet,
                 dataset_sources=ds, competition_sources=[competition] if competition else [], kernel_sources=[])
-    if accelerator: meta['machine_shape'] = accelerator
+    shape = accelerator or (KAGGLE_GPU if gpu else None)
+    if shape: meta['machine_shape'] = shape
     return meta
 
 # %% ../nbs/07_kaggle.ipynb #8aec3671
@@ -575,7 +578,7 @@ def push_notebooks(user:str|None=None,        # Kaggle username (default: from y
                    notebooks:list|None=None,  # notebook paths (default: `kaggle_notebooks()`: the course less 07 and 08)
                    competition:str|None=COMP, # competition attached to each (None: none)
                    gpu:bool=True,             # run on a GPU
-                   accelerator:str|None=None, # Kaggle machine shape, passed unchanged (None: Kaggle's default GPU)
+                   accelerator:str|None=None, # Kaggle machine shape, passed unchanged (None: `KAGGLE_GPU`, a T4, with `gpu`)
                    internet:bool=True,        # internet on in the notebooks
                    private:bool=True,         # visible only to you
                    lib_dataset:str|None='paddy-lib', # the library's wheels dataset to attach (None: none)
@@ -735,7 +738,7 @@ def paddy_push(*notebooks:str,            # notebooks to push (default: the cour
                user:str=None,             # your Kaggle username (default: from your credentials)
                competition:str=COMP,      # competition attached to each notebook
                gpu:bool=True,             # run on a GPU; --no-gpu: on the CPU
-               accelerator:str=None,      # Kaggle machine shape, passed unchanged (default: Kaggle's GPU)
+               accelerator:str=None,      # Kaggle machine shape, passed unchanged (default: NvidiaTeslaT4, Kaggle's GPU; none with --no-gpu)
                internet:bool=True,        # internet on; --no-internet: off (paddy_lib comes from the wheels dataset either way)
                public:bool=False,         # make the notebooks public
                lib_dataset:str='paddy-lib', # the wheels dataset to attach: 'slug' (yours) or 'owner/slug'

@@ -18,9 +18,9 @@ from .data import PaddyError, paddy_data, paddy_dls
 from .training import train
 
 # %% auto #0
-__all__ = ['MiB', 'HWM_OK', 'KAGGLE_GPU_MIB', 'rss_mib', 'collect', 'report_gpu', 'peak_memory', 'free_learner', 'device_name',
-           'probe_folder', 'measure', 'plot_peaks', 'saved_activations', 'memory_anatomy', 'BudgetError', 'AccumChoice',
-           'default_budget', 'hold_to_budget', 'find_accum', 'MemoryBudget']
+__all__ = ['MiB', 'HWM_OK', 'GPU_BUDGETS', 'KAGGLE_GPU_MIB', 'rss_mib', 'collect', 'report_gpu', 'peak_memory', 'free_learner',
+           'device_name', 'probe_folder', 'measure', 'plot_peaks', 'saved_activations', 'memory_anatomy', 'BudgetError',
+           'AccumChoice', 'default_budget', 'hold_to_budget', 'find_accum', 'MemoryBudget']
 
 # %% ../nbs/03_memory.ipynb #7526b097
 MiB = 2**20
@@ -381,7 +381,11 @@ def _accums(eff_bs:int, min_bs:int) -> list:
     "The powers of two that divide `eff_bs` into micro-batches of at least `min_bs` items, ascending."
     return [a for a in (2**k for k in range(eff_bs.bit_length())) if eff_bs % a == 0 and eff_bs//a >= min_bs]
 
-KAGGLE_GPU_MIB = 16280  # a Kaggle GPU's memory, the seed's budget
+GPU_BUDGETS = {  # MiB a process may use on the GPU it rehearses, the CUDA context included
+    'T4': 15_843_721_216/MiB,  # 15,110: what CUDA reports for Kaggle's default GPU today (two of them in a T4 x2 session)
+    'P100': 16280.,            # the seed's figure, Kaggle's P100 (retired: its sessions run on a T4)
+}
+KAGGLE_GPU_MIB = GPU_BUDGETS['T4']  # Kaggle's GPU today
 
 def _device(device=None) -> torch.device:
     dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -389,11 +393,17 @@ def _device(device=None) -> torch.device:
     return dev
 
 def default_budget(device=None, # 'cpu', 'cuda', 'cuda:1' or a torch.device (default: CUDA if available)
+                   gpu:str|None=None, # the GPU to rehearse, a key of `GPU_BUDGETS` (default: `$PADDY_GPU`, else 'T4')
                   )->float:     # MiB
-    "The budget when none is given: a Kaggle GPU's 16,280 MiB, or a smaller card's total; on a CPU, 16,280 resident MiB."
+    "The budget when none is given: the rehearsed GPU's (a T4's 15,110 MiB), or a smaller card's total; on Kaggle, its card's."
+    name = gpu or os.environ.get('PADDY_GPU') or 'T4'
+    if name not in GPU_BUDGETS: raise PaddyError(f"No budget for a GPU named {name!r}: use one of {', '.join(GPU_BUDGETS)}, "
+                                                 f"or pass budget_mib yourself.")
     dev = _device(device)
-    if dev.type != 'cuda': return float(KAGGLE_GPU_MIB)
-    return float(min(KAGGLE_GPU_MIB, torch.cuda.mem_get_info(dev)[1]/MiB))
+    if dev.type != 'cuda': return float(GPU_BUDGETS[name])
+    total = torch.cuda.mem_get_info(dev)[1]/MiB
+    if os.environ.get('KAGGLE_KERNEL_RUN_TYPE') and gpu is None: return float(total)  # on Kaggle: the card is the target
+    return float(min(GPU_BUDGETS[name], total))
 
 @contextlib.contextmanager
 def hold_to_budget(budget_mib:float, # the most the process may use, in MiB (over a GPU's total: a warning, and the card is the limit)
@@ -411,7 +421,7 @@ def hold_to_budget(budget_mib:float, # the most the process may use, in MiB (ove
     if budget_mib > total/MiB:
         warnings.warn(f"hold_to_budget: the budget ({budget_mib:,.0f} MiB) is more than this GPU has ({total/MiB:,.0f} MiB, "
                       f"{torch.cuda.get_device_name(dev)}): nothing holds the run below the card's own limit. Use "
-                      "`default_budget()` (the card's total where it is under 16,280 MiB) or a smaller budget.", stacklevel=3)
+                      "`default_budget()` (the card's total where it is smaller than the GPU rehearsed) or a smaller budget.", stacklevel=3)
     other = (total-free)/MiB - torch.cuda.memory_reserved(dev)/MiB  # the CUDA context (+ other processes)
     if budget_mib <= other:
         raise BudgetError(f"The budget ({budget_mib:,.0f} MiB) is less than this GPU already uses outside PyTorch's "
@@ -427,7 +437,7 @@ def hold_to_budget(budget_mib:float, # the most the process may use, in MiB (ove
 # %% ../nbs/03_memory.ipynb #be373a19
 def find_accum(arch:str,                 # timm model name (the seed's names work too)
                size:int|tuple,           # training image size
-               budget_mib:float|None=None, # the most the run may use, in MiB (on a CPU: resident); None: `default_budget(device)`, a Kaggle GPU's 16,280 or a smaller card's total
+               budget_mib:float|None=None, # the most the run may use, in MiB (on a CPU: resident); None: `default_budget(device)`, a T4's 15,110 or a smaller card's total
                eff_bs:int=64,            # items per optimizer step, kept constant
                item=None,                # item transform (default: the seed's `Resize(480, method='squish')`)
                path:str|Path|None=None,  # dataset root (default: `paddy_data()`)
@@ -445,7 +455,7 @@ def find_accum(arch:str,                 # timm model name (the seed's names wor
     dev = _device(device)
     if budget_mib is None: budget_mib = default_budget(dev)
     if isinstance(budget_mib, bool) or not isinstance(budget_mib, numbers.Real) or not budget_mib > 0:
-        raise PaddyError(f"find_accum(budget_mib={budget_mib!r}): the budget is a positive number of MiB, e.g. 16280 for a Kaggle GPU.")
+        raise PaddyError(f"find_accum(budget_mib={budget_mib!r}): the budget is a positive number of MiB, e.g. 15110 for Kaggle's T4.")
     if not 0 <= margin < 1: raise PaddyError(f"find_accum(margin={margin!r}): the share of the budget kept free, from 0 up to (not including) 1.")
     if isinstance(eff_bs, bool) or not isinstance(eff_bs, numbers.Integral) or eff_bs < min_bs:
         raise PaddyError(f"find_accum(eff_bs={eff_bs!r}): the items per optimizer step, an int of at least min_bs={min_bs}.")

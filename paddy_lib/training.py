@@ -18,7 +18,8 @@ from .data import PaddyError, paddy_data, paddy_dls, dls_dataset, get_test_files
 from .accumulation import GradAccum
 
 # %% auto #0
-__all__ = ['TIMM_RENAMES', 'timm_arch', 'precision_for', 'StopAfter', 'paddy_learner', 'train']
+__all__ = ['TIMM_RENAMES', 'timm_arch', 'check_weights', 'precision_for', 'StopAfter', 'paddy_learner', 'fit_recipe',
+           'recipe_note', 'train']
 
 # %% ../nbs/02_training.ipynb #d90ae701
 TIMM_RENAMES = {  # the course's timm 0.6 names -> today's `architecture.tag` for the same weights
@@ -59,6 +60,30 @@ def timm_arch(name:str,          # a timm model name: today's (`convnext_small.f
         tags = [m.partition('.')[2] for m in timm.list_models(base, pretrained=True)]
         raise PaddyError(f"timm's {base} has no weights tagged {tag!r}: its tags are {', '.join(tags) or 'none'}.")
     return name
+
+# %% ../nbs/02_training.ipynb #572fb10e
+_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_model.bin')
+
+def check_weights(arch:str,          # timm model name (today's, or the seed's: mapped by `timm_arch`)
+                  timeout:float=10., # seconds to wait for the hub's answer
+                 )->str:             # 'cache' (already here) or the hub's address (reachable: timm downloads them)
+    "Can timm get `arch`'s pretrained weights (from the cache or the hub)? A `PaddyError` naming `pretrained=False` if not."
+    import requests, huggingface_hub as hf
+    from timm.models import get_pretrained_cfg
+    arch = timm_arch(arch, verbose=False)
+    hub_id = arch.split(':', 1)[1] if arch.startswith(('hf-hub:', 'hf_hub:')) else getattr(get_pretrained_cfg(arch), 'hf_hub_id', None)
+    if not hub_id: raise PaddyError(f"timm has no pretrained weights for {arch!r}: pass pretrained=False (--no-pretrained).")
+    if any(isinstance(hf.try_to_load_from_cache(hub_id, f), str) for f in _WEIGHT_FILES): return 'cache'
+    endpoint = hf.constants.ENDPOINT
+    try:
+        if hf.constants.HF_HUB_OFFLINE: raise OSError('HF_HUB_OFFLINE is set')
+        requests.head(endpoint, timeout=timeout)
+    except OSError as e:  # requests' errors are OSErrors
+        raise PaddyError(f"{arch}'s pretrained weights ({hub_id}) are not in the cache ({hf.constants.HF_HUB_CACHE}) and "
+                         f"{endpoint} can't be reached ({type(e).__name__}): train from random weights with --no-pretrained "
+                         f"(pretrained=False), or get the weights: turn the internet on (on Kaggle: the notebook's settings), "
+                         f"or point HF_HOME at a copy of a cache that holds them.") from None
+    return endpoint
 
 # %% ../nbs/02_training.ipynb #bf952f4f
 _PRECISIONS = ('auto', 'fp16', 'bf16', 'fp32')
@@ -145,40 +170,58 @@ def paddy_learner(arch:str,                   # timm model name (the seed's name
         ds = dls_dataset(dls)  # the dataset trained on (`paddy_dls` records it; others: found from the images)
         pretrained = ds is None or default_pretrained(ds)
     prec = precision_for(dls.device, precision)
-    if isinstance(arch, str): arch = timm_arch(arch)
+    if isinstance(arch, str):
+        arch = timm_arch(arch)
+        if pretrained: check_weights(arch)  # offline and not cached: one clear line now, not a hub traceback in a minute
     learn = vision_learner(dls, arch, metrics=metrics, cbs=[GradAccum(eff_bs), *L(cbs)], pretrained=pretrained, **kwargs)
     if prec == 'fp16': learn.to_fp16()
     elif prec == 'bf16': learn.to_bf16()
     return learn
 
 # %% ../nbs/02_training.ipynb #a98f6958
+def fit_recipe(learn:Learner,            # a learner from `paddy_learner` (or `vision_learner`: it records `pretrained`)
+               epochs:int,               # epochs (after `fine_tune`'s frozen one)
+               lr:float=0.01,            # learning rate (the seed's 0.01)
+               finetune:bool|None=None,  # True: `fine_tune`; False: `unfreeze` + `fit_one_cycle`; None: by the weights
+              )->str:                    # the recipe used: 'fine_tune' or 'fit_one_cycle'
+    "Train `learn` with the recipe for its weights: `fine_tune` from pretrained ones, `fit_one_cycle` on everything from random ones."
+    if finetune is None: finetune = bool(getattr(learn, 'pretrained', True))
+    if finetune: learn.fine_tune(epochs, lr)
+    else:
+        learn.unfreeze()
+        learn.fit_one_cycle(epochs, lr)
+    return 'fine_tune' if finetune else 'fit_one_cycle'
+
+def recipe_note(pretrained:bool)->str:
+    "One line saying which recipe `finetune=None` picks for `pretrained`, and why."
+    return ("fine_tune (pretrained weights: one epoch on the new head, then everything)" if pretrained else
+            "fit_one_cycle on the whole model (random weights: there is nothing to keep frozen)")
+
+# %% ../nbs/02_training.ipynb #4f546cf9
 def train(arch:str,                          # timm model name (the seed's names are mapped by `timm_arch`)
           size:int|tuple,                    # training image size
           item=Resize(480, method='squish'), # item transform, applied before the batch augmentations
           accum:int=1,                       # micro-batches per optimizer step (`bs=eff_bs//accum`)
-          finetune:bool=True,                # `fine_tune` + TTA on the test set; else `unfreeze` + `fit_one_cycle`
+          finetune:bool|None=None,           # True: `fine_tune` + TTA; False: `unfreeze` + `fit_one_cycle`, no TTA; None: by the weights, + TTA
           epochs:int=12,                     # epochs (after `fine_tune`'s frozen one)
           path:str|Path|None=None,           # dataset root (default: `paddy_data()`)
           lr:float=0.01,                     # learning rate (the seed's 0.01)
           trn_path:str|Path|None=None,       # train on this folder instead of train_images/
           eff_bs:int=64,                     # items per optimizer step
           seed:int|None=None,                # split seed (None: a new split each call, for ensembling)
-          n_batches:int|None=None,           # stop training after this many batches (a memory probe; TTA still runs if fine-tuning)
+          n_batches:int|None=None,           # stop training after this many batches (a memory probe; TTA still runs if predicting)
           return_learner:bool=False,         # return `(learn, tta)` instead of the seed's `tta`
           tst_files=None,                    # test images for TTA (default: `get_test_files(path)`)
           cbs=None,                          # more callbacks
           **kwargs,                          # passed to `paddy_learner` (pretrained, precision, bs, dls, ...) and timm
-         ):                                  # TTA `(preds, targs)` when fine-tuning, else None; with the learner first if `return_learner`
-    "The seed's `train`: fine-tune `arch` at `size` with `eff_bs` items per step over `accum` micro-batches; TTA the test set."
+         ):                                  # TTA `(preds, targs)` unless `finetune=False`, else None; with the learner first if `return_learner`
+    "The seed's `train`: fit `arch` at `size` with `eff_bs` items per step over `accum` micro-batches, by the weights' recipe; TTA the test set."
     path = Path(path) if path is not None else paddy_data()
     if n_batches is not None: cbs = [*L(cbs), StopAfter(n_batches)]
     learn = paddy_learner(arch, size, item=item, accum=accum, path=path, trn_path=trn_path, eff_bs=eff_bs,
                           seed=seed, cbs=cbs, **kwargs)
-    tta = None
-    if finetune:
-        learn.fine_tune(epochs, lr)
-        tta = learn.tta(dl=learn.dls.test_dl(tst_files if tst_files is not None else get_test_files(path)))
-    else:
-        learn.unfreeze()
-        learn.fit_one_cycle(epochs, lr)
+    predict = finetune is not False
+    if finetune is None: print(f"train: {recipe_note(learn.pretrained)}")
+    fit_recipe(learn, epochs, lr, finetune)
+    tta = learn.tta(dl=learn.dls.test_dl(tst_files if tst_files is not None else get_test_files(path))) if predict else None
     return (learn, tta) if return_learner else tta

@@ -93,7 +93,8 @@ def test_dry_run_writes_one_valid_folder_per_notebook_without_credentials(kaggle
         assert check_kernel_meta(meta) == []
         assert meta == dict(id=r['id'], title=kernel_title(nb), code_file=nb.name, language='python',
                             kernel_type='notebook', is_private=True, enable_gpu=True, enable_internet=True,
-                            dataset_sources=['someone/paddy-lib'], competition_sources=[COMP], kernel_sources=[])
+                            dataset_sources=['someone/paddy-lib'], competition_sources=[COMP], kernel_sources=[],
+                            machine_shape='NvidiaTeslaT4')
         pushed = nbformat.read(r['folder']/nb.name, as_version=4)
         nbformat.validate(pushed)
         assert first_code_cell(pushed) == KAGGLE_SETUP

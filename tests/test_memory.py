@@ -247,13 +247,27 @@ def fake_card(monkeypatch):
         return fracs
     return install
 
-def test_default_budget_is_the_card_when_smaller(fake_card):
-    from paddy_lib.memory import default_budget
-    fake_card(15_360)                                    # a Kaggle T4: less than the 16,280 MiB default
-    assert default_budget('cuda:0') == 15_360
-    fake_card(81_559)                                    # an 80 GB card: the Kaggle budget, emulated
-    assert default_budget('cuda:0') == 16_280
-    assert default_budget('cpu') == 16_280
+def test_default_budget_rehearses_a_t4(fake_card, monkeypatch):
+    "The budget is a T4's on a bigger card, the card's own on a smaller one, another GPU's when asked, the card's on Kaggle."
+    from paddy_lib.memory import default_budget, GPU_BUDGETS
+    from paddy_lib.data import PaddyError
+    monkeypatch.delenv('PADDY_GPU', raising=False); monkeypatch.delenv('KAGGLE_KERNEL_RUN_TYPE', raising=False)
+    t4 = 15_843_721_216 / 2**20
+    assert GPU_BUDGETS['T4'] == t4 and GPU_BUDGETS['P100'] == 16_280
+    fake_card(81_559)                                    # an 80 GB card: a T4, rehearsed
+    assert default_budget('cuda:0') == t4
+    assert default_budget('cuda:0', 'P100') == 16_280    # the seed's P100, asked for
+    monkeypatch.setenv('PADDY_GPU', 'P100')
+    assert default_budget('cuda:0') == 16_280 and default_budget('cpu') == 16_280
+    monkeypatch.delenv('PADDY_GPU')
+    fake_card(12_000)                                    # a card smaller than a T4: all of it
+    assert default_budget('cuda:0') == 12_000
+    assert default_budget('cpu') == t4
+    fake_card(22_700)                                    # a Kaggle L4 session: the card it runs on is the target
+    monkeypatch.setenv('KAGGLE_KERNEL_RUN_TYPE', 'Interactive')
+    assert default_budget('cuda:0') == 22_700
+    assert default_budget('cuda:0', 'T4') == t4         # unless a GPU is named
+    with pytest.raises(PaddyError, match='use one of T4, P100'): default_budget('cuda:0', 'V100')
 
 def test_hold_to_budget_warns_over_the_card(fake_card):
     from paddy_lib.memory import hold_to_budget
