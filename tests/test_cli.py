@@ -9,6 +9,7 @@ from paddy_lib.cli import main, COMMANDS
 from paddy_lib.data import make_demo_paddy, LABELS
 
 PADDY = [sys.executable, '-m', 'paddy_lib.cli']
+CONSOLE = [shutil.which('paddy')] if shutil.which('paddy') else PADDY  # the installed console script, as a user runs it
 
 
 def paddy(*args, env=None, **kw):
@@ -51,7 +52,7 @@ def test_demo_killed_after_first_member_resumes_and_writes_submission(tmp_path):
     "The main job: `paddy demo`, killed (SIGKILL) once its first member is saved, then run again to the end."
     env = {'PADDY_DEMO': str(tmp_path/'demo'), 'PADDY_SCALE': 'demo'}
     out = tmp_path/'out'
-    args = [*PADDY, 'demo', '--out', str(out), '--epochs', '1', '--no-progress']
+    args = [*CONSOLE, 'demo', '--out', str(out), '--epochs', '1']  # progress by default: its output is a pipe, not a terminal
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
     try:
         deadline = time.time() + 300
@@ -67,6 +68,10 @@ def test_demo_killed_after_first_member_resumes_and_writes_submission(tmp_path):
     r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count('already done') == 1, r.stdout
+    assert '\r' not in r.stdout and len(r.stdout) < 20_000          # no progress bars in a log: one line per epoch
+    assert r.stdout.count('  recipe: fit_one_cycle on the whole model (random weights') == 3
+    epoch_lines = [l for l in r.stdout.splitlines() if l.split()[:1] == ['0'] and len(l.split()) == 5]
+    assert len(epoch_lines) == 3, r.stdout                           # epoch 0 of each member trained: loss, loss, error, time
     for name, mtime in first.items(): assert (out/'members'/name).stat().st_mtime_ns == mtime   # not trained again
     assert len(list((out/'members').glob('*.pt'))) == 4
     assert 'ensemble: weighted average' in r.stdout
@@ -132,3 +137,57 @@ def test_commands_say_which_dataset_they_use(tmp_path):
     assert r.stdout.splitlines()[0] == f"dataset: {demo} (demo, picked for this machine by paddy_scale() (the full data needs CUDA); --path picks another)"
     r = paddy('check', '--no-images', '--path', real, env=env)
     assert r.returncode == 0 and r.stdout.splitlines()[0] == f"dataset: {real} (full, from --path)", r.stdout + r.stderr
+
+
+# --- flags that mean what their help says, through the installed console script ---
+
+def console(*args, env=None, **kw):
+    return subprocess.run([*CONSOLE, *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}, **kw)
+
+
+def test_bool_options_read_both_ways_and_say_their_default():
+    r = console('ensemble', '--help')
+    assert r.returncode == 0, r.stderr
+    help_ = ' '.join(r.stdout.split())  # argparse wraps lines
+    for flag in ('pretrained', 'finetune', 'check', 'retrain', 'progress'): assert f'--{flag}, --no-{flag}' in help_
+    assert 'pretrained weights (default: follow the data: none on the demo data, pretrained on any other)' in help_
+    assert 'before training (default: yes)' in help_ and 'already saved in `out` (default: no)' in help_
+    assert '(default: False)' not in help_ and '(default: True)' not in help_
+
+
+def _real_copy(tmp_path):
+    "The demo data without its stamp: to paddy_lib, a real dataset (so pretrained weights by default)."
+    return Path(shutil.copytree(make_demo_paddy(), tmp_path/'real', ignore=shutil.ignore_patterns('.paddy_demo.json')))
+
+
+OFFLINE = {'HF_ENDPOINT': 'http://127.0.0.1:9', 'HF_HUB_DISABLE_TELEMETRY': '1'}  # the hub unreachable, whatever the network
+
+
+def test_real_data_offline_asks_for_no_pretrained_before_training(tmp_path):
+    "Real data, no internet, empty cache: pretrained by default, said, then one clear line and status 1; nothing trained."
+    real = _real_copy(tmp_path)
+    (tmp_path/'m.json').write_text(json.dumps([dict(arch='resnet18', item=['squish', 96], size=32, accum=2)]))
+    env = {**OFFLINE, 'HF_HOME': str(tmp_path/'hf')}
+    t0 = time.time()
+    r = console('ensemble', '--path', real, '--configs', tmp_path/'m.json', '--out', tmp_path/'runs', '--no-check', env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'pretrained=True (default_pretrained: not the demo data)' in r.stdout
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("paddy ensemble: resnet18's pretrained weights") and '--no-pretrained' in err[0]
+    assert 'Traceback' not in r.stderr and not (tmp_path/'runs'/'members').exists()
+    assert time.time() - t0 < 60  # not the hub client's minute of retries (a bound on waiting, not a benchmark)
+    r = console('ensemble', '--path', real, '--configs', tmp_path/'m.json', '--out', tmp_path/'runs', '--no-check',
+                '--pretrained', '--finetune', '--epochs', '0', env=env)  # said explicitly: the same stop, still before training
+    assert r.returncode == 1 and '--no-pretrained' in r.stderr and 'pretrained=True (as given)' in r.stdout
+
+
+def test_push_dry_run_writes_the_machine_shape(kaggle_empty_home, tmp_path):
+    "paddy push --dry-run: Kaggle's T4 by default, another shape when named, none on the CPU."
+    nb = _course()[0]
+    shapes = {}
+    for extra in ([], ['--accelerator', 'NvidiaL4'], ['--no-gpu']):
+        dest = tmp_path/('dry' + ''.join(extra))
+        r = console('push', '--dry-run', '--user', 'someone', '--dest', dest, *extra, nb)
+        assert r.returncode == 0, r.stdout + r.stderr
+        shapes[' '.join(extra)] = json.loads((dest/nb.stem/'kernel-metadata.json').read_text()).get('machine_shape')
+    assert shapes == {'': 'NvidiaTeslaT4', '--accelerator NvidiaL4': 'NvidiaL4', '--no-gpu': None}

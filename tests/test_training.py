@@ -3,7 +3,7 @@ import warnings
 import pytest, torch
 from fastai.vision.all import Callback, Resize, MixedPrecision, find_bs
 from paddy_lib.data import PaddyError, make_demo_paddy
-from paddy_lib.training import TIMM_RENAMES, timm_arch, precision_for, paddy_learner, train, StopAfter
+from paddy_lib.training import TIMM_RENAMES, timm_arch, precision_for, paddy_learner, train, StopAfter, check_weights, fit_recipe
 
 TINY, ITEM = 'test_resnet', Resize(48, method='squish')
 
@@ -47,7 +47,7 @@ def test_train_demo(path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         learn, (preds, targs) = train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, seed=0, num_workers=0,
-                                      return_learner=True, cbs=StepItems())
+                                      return_learner=True, cbs=StepItems(), finetune=True)
     assert not [w for w in caught if any(s in str(w.message) for s in ('autocast', 'GradScaler', 'amp'))]
     assert preds.shape == (40, 10) and targs is None
     assert torch.allclose(preds.sum(1), torch.ones(40), atol=1e-5)
@@ -57,7 +57,7 @@ def test_train_demo(path):
 def test_train_n_batches_finetune(path):
     "`n_batches` stops training, not the TTA that `fine_tune` is followed by (fastai's `tta` runs `before_fit`)."
     learn, (preds, targs) = train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, seed=0, num_workers=0,
-                                  n_batches=2, return_learner=True, cbs=StepItems())
+                                  n_batches=2, return_learner=True, cbs=StepItems(), finetune=True)
     assert learn.stop_after.count == 2 and learn.step_items.sizes == [64]
     assert preds.shape == (40, 10) and targs is None
 
@@ -79,6 +79,7 @@ def test_pretrained_follows_data(path, tmp_path, monkeypatch):
     real = shutil.copytree(path, tmp_path/'paddy', ignore=shutil.ignore_patterns('.paddy_demo.json'))  # no demo stamp
     asked, build = [], tr.vision_learner
     monkeypatch.setattr(tr, 'vision_learner', lambda *a, pretrained, **k: asked.append(pretrained) or build(*a, pretrained=False, **k))
+    monkeypatch.setattr(tr, 'check_weights', lambda arch: 'cache')  # offline here: the weights are "cached"
     monkeypatch.setenv('PADDY_SCALE', 'full')  # the machine's scale doesn't decide
     for kw in [dict(path=path), dict(path=real), dict(dls=paddy_dls(path, 32, item=ITEM, bs=64, num_workers=0)),
                dict(dls=paddy_dls(real, 32, item=ITEM, bs=64, num_workers=0)),
@@ -96,3 +97,43 @@ def test_paddy_learner_accum_agrees(path):
     with pytest.raises(PaddyError, match='would be ignored'): paddy_learner(TINY, 32, item=ITEM, accum=4, dls=dls)
     with pytest.raises(PaddyError, match='would be ignored'): paddy_learner(TINY, 32, item=ITEM, accum=2, bs=16, path=path)
     with pytest.raises(PaddyError, match='one or the other'): paddy_learner(TINY, 32, item=ITEM, accum=2, bs=16, dls=dls)
+
+class Fits(Callback):
+    "Record, as each training epoch starts, whether the whole model trains (every parameter requires grad)."
+    def __init__(self): self.fits = []
+    def before_train(self): self.fits.append(all(p.requires_grad for p in self.learn.model.parameters()))
+
+def test_recipe_follows_the_weights(path, capsys):
+    "finetune=None: fit_one_cycle on the whole model from random weights (said once), with TTA; True/False as the seed."
+    learn, (preds, _) = train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, seed=0, num_workers=0, n_batches=1,
+                              return_learner=True, cbs=(f := Fits()))
+    assert capsys.readouterr().out.count('train: fit_one_cycle on the whole model (random weights') == 1
+    assert preds.shape == (40, 10) and f.fits == [True]  # one fit, of the whole model
+    learn = paddy_learner(TINY, 32, item=ITEM, accum=2, path=path, seed=0, num_workers=0, cbs=[StopAfter(1), f2 := Fits()])
+    learn.pretrained = True  # as vision_learner records it for pretrained weights
+    assert fit_recipe(learn, 1) == 'fine_tune' and f2.fits == [False, True]  # frozen body first, then everything
+    assert train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, finetune=False, n_batches=1, num_workers=0) is None
+    assert 'train:' not in capsys.readouterr().out  # the seed's explicit choice: nothing to say
+
+def test_check_weights(monkeypatch, tmp_path):
+    "No internet and no cache: one PaddyError naming --no-pretrained, at once; a cached file or an untrained arch said so."
+    import huggingface_hub as hf
+    monkeypatch.setattr(hf.constants, 'HF_HUB_CACHE', str(tmp_path))
+    monkeypatch.setattr(hf.constants, 'ENDPOINT', 'http://127.0.0.1:9')  # nothing listens there: unreachable
+    with pytest.raises(PaddyError, match=r"not in the cache .* can't be reached .*--no-pretrained"): check_weights('resnet18')
+    monkeypatch.setattr(hf.constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(PaddyError, match='HF_HUB_OFFLINE|--no-pretrained'): check_weights('convnext_small_in22k')
+    with pytest.raises(PaddyError, match='no pretrained weights'): check_weights('botnet50ts_256')  # timm has none
+    repo = tmp_path/'models--timm--resnet18.a1_in1k'
+    (repo/'refs').mkdir(parents=True); (repo/'refs'/'main').write_text('abc')
+    (repo/'snapshots'/'abc').mkdir(parents=True); (repo/'snapshots'/'abc'/'model.safetensors').write_bytes(b'')
+    assert check_weights('resnet18') == 'cache'
+
+def test_paddy_learner_checks_weights_before_building(path, tmp_path, monkeypatch):
+    "pretrained=True offline: the clear error, before vision_learner (which would retry the hub for most of a minute)."
+    import paddy_lib.training as tr
+    built = []
+    monkeypatch.setattr(tr, 'vision_learner', lambda *a, **k: built.append(1))
+    monkeypatch.setattr(tr, 'check_weights', lambda arch: (_ for _ in ()).throw(PaddyError(f'{arch}: --no-pretrained')))
+    with pytest.raises(PaddyError, match='--no-pretrained'): paddy_learner('resnet18', 32, item=ITEM, path=path, pretrained=True)
+    assert built == []
