@@ -6,7 +6,7 @@ Docs: https://paddy-lib.github.io/paddy_lib/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #3e9ef89a
 from __future__ import annotations
-import os, shutil, tempfile, colorsys, functools, json, zipfile
+import math, os, shlex, shutil, tempfile, colorsys, functools, json, warnings, zipfile
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np, pandas as pd
@@ -18,8 +18,8 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, RandomSplit
 # %% auto #0
 __all__ = ['COMP', 'LABELS', 'VARIETIES', 'TRAIN_COLS', 'SUBM_COLS', 'iskaggle', 'PaddyError', 'PaddyDataError', 'demo_path',
            'make_demo_paddy', 'kaggle_input', 'kaggle_credentials', 'paddy_path', 'paddy_scale', 'paddy_data',
-           'is_demo_data', 'default_pretrained', 'check_paddy', 'get_variety', 'smallest_label', 'get_test_files',
-           'paddy_dls', 'dls_dataset', 'check_submission']
+           'is_demo_data', 'default_pretrained', 'read_paddy_csv', 'PaddyWarning', 'PaddyDataWarning', 'check_paddy',
+           'get_variety', 'smallest_label', 'get_test_files', 'paddy_dls', 'dls_dataset', 'check_submission']
 
 # %% ../nbs/00_data.ipynb #3cef32f4
 COMP = 'paddy-disease-classification'  # the Kaggle competition's slug
@@ -199,6 +199,34 @@ def default_pretrained(path:str|Path|None, # the dataset a model will train on (
     "`pretrained=None` resolved from the data: False on the demo data, True on any other."
     return not is_demo_data(path if path is not None else paddy_data())
 
+# %% ../nbs/00_data.ipynb #76dec20b
+def _first_non_utf8(data:bytes):
+    "(byte position, line number, that line) of the first byte of `data` that is not UTF-8, or None."
+    try: data.decode('utf-8'); return None
+    except UnicodeDecodeError as e: pos = e.start
+    start, end = data.rfind(b'\n', 0, pos) + 1, data.find(b'\n', pos)
+    line = data[start:end if end >= 0 else len(data)].decode('utf-8', 'replace').rstrip('\r')
+    return pos, data.count(b'\n', 0, pos) + 1, line
+
+def read_paddy_csv(fn:str|Path, # a CSV: the dataset's train.csv or sample_submission.csv, or a submission
+                   **kwargs,    # passed to `pd.read_csv` (dtype, usecols, index_col, ...)
+                  )->pd.DataFrame:
+    "`pd.read_csv(fn, **kwargs)`; a file that is not UTF-8 raises a `PaddyDataError` saying where, and how to re-save it."
+    try: return pd.read_csv(fn, **kwargs)
+    except UnicodeDecodeError as e:
+        enc = kwargs.get('encoding') or 'UTF-8'
+        try: data = Path(fn).read_bytes()
+        except (TypeError, OSError): data = None  # a buffer, not a file: the position is in pandas' chunk
+        where = _first_non_utf8(data) if data is not None and enc.lower().replace('-', '') == 'utf8' else None
+        pos, line, text = where or (e.start, None, None)
+        at = f"byte 0x{(data if where else e.object)[pos]:02x} at position {pos:,}" + (f" (line {line}: {text!r})" if where else '')
+        q = shlex.quote(str(fn))
+        raise PaddyDataError(
+            f"{fn} is not {enc} text (how the library reads CSVs): {at} is not valid {enc}. Re-save it as UTF-8 (the "
+            f"encoding is not guessed: the same byte is a different letter in latin-1, cp1250, cp1252...): find its "
+            f"encoding with `file -i {q}`, then e.g. for latin-1 `iconv -f latin1 -t utf-8 {q} > utf8.csv && mv utf8.csv {q}`, "
+            f"or in Python `p = Path({str(fn)!r}); p.write_text(p.read_text(encoding='latin-1'), encoding='utf-8')`.") from None
+
 # %% ../nbs/00_data.ipynb #9f4f93e7
 def _bad_image(f):
     "None if `f` decodes completely, else the reason."
@@ -213,11 +241,24 @@ def _few(xs, n=5):
     xs = sorted(map(str, xs))
     return f"{len(xs)}: {', '.join(xs[:n])}{', ...' if len(xs) > n else ''}"
 
-def check_paddy(path:str|Path,     # the dataset's root folder
-                images:bool=True,  # also decode every image (the slow part: a few seconds per 10,000 images)
-                n_workers:int=8,   # threads decoding images
-               )->Path:            # `path`, so calls chain
-    "Raise a `PaddyDataError` listing every problem that would break training or submission on the data at `path`."
+class PaddyWarning(UserWarning):
+    "Base class of the library's warnings: input that works, but not as you may think. Printed as one line, `warning: ...`."
+
+class PaddyDataWarning(PaddyWarning):
+    "Data that trains, but badly: a label with no image, or too few for the validation split to hold one."
+
+def _formatwarning(message, category, filename, lineno, line=None, _orig=warnings.formatwarning):
+    "Our warnings as one readable line; everyone else's as Python prints them."
+    if issubclass(category, PaddyWarning): return f"warning: {message}\n"
+    return _orig(message, category, filename, lineno, line)
+if not getattr(warnings.formatwarning, '_paddy', False): _formatwarning._paddy = True; warnings.formatwarning = _formatwarning
+
+def check_paddy(path:str|Path,       # the dataset's root folder
+                images:bool=True,    # also decode every image (the slow part: a few seconds per 10,000 images)
+                n_workers:int=8,     # threads decoding images
+                valid_pct:float=0.2, # the validation share training will use: a label under 1/valid_pct images warns
+               )->Path:              # `path`, so calls chain
+    "Raise a `PaddyDataError` listing every problem that would break training or submission on the data at `path`; warn for labels with too few images."
     path = Path(path)
     if not path.is_dir(): raise PaddyDataError(f"{path} is not a folder: pass the dataset's root (the one holding train.csv).")
     errs = []
@@ -225,12 +266,12 @@ def check_paddy(path:str|Path,     # the dataset's root folder
     missing = [n for n in need if not (path/n).exists()]
     if missing: raise PaddyDataError(f"{path} is missing {', '.join(missing)}: the Paddy Doctor layout is "
                                      f"train.csv, sample_submission.csv, train_images/<label>/<image_id>.jpg, test_images/.")
-    df = pd.read_csv(path/'train.csv', dtype=str, keep_default_na=False)
+    df = read_paddy_csv(path/'train.csv', dtype=str, keep_default_na=False)
     need_cols = TRAIN_COLS[:3]  # `age` is optional: nothing in training reads it
     cols = [c for c in need_cols if c not in df.columns]
     if cols: errs.append(f"train.csv has no column {', '.join(cols)} (it needs {', '.join(need_cols)}, and may have "
                          f"{', '.join(TRAIN_COLS[3:])}; found {', '.join(df.columns)})")
-    ss = pd.read_csv(path/'sample_submission.csv', dtype=str, keep_default_na=False)
+    ss = read_paddy_csv(path/'sample_submission.csv', dtype=str, keep_default_na=False)
     if 'image_id' not in ss.columns: errs.append(f"sample_submission.csv has no column image_id (found {', '.join(ss.columns)})")
     trn = path/'train_images'
     if {'image_id', 'label'} <= set(df.columns):
@@ -255,11 +296,24 @@ def check_paddy(path:str|Path,     # the dataset's root folder
         if bad: errs.append(f"unreadable or truncated images ({_few(f.relative_to(path) for f, _ in bad)}); first error: {bad[0][1]}")
     if errs: raise PaddyDataError(f"{path} is not usable Paddy Doctor data:\n- " + '\n- '.join(errs)
                                   + "\nFix or remove these files (re-download or re-extract the data), then check again.")
+    counts = df.label.value_counts()  # the data is consistent: these are the images on disk too
+    none = {d for d in dirs if not d.startswith('.')} - set(counts.index)  # label folders with no image (fastai skips .dirs)
+    if set(counts.index) <= set(LABELS): none |= set(LABELS) - set(counts.index)  # the competition's labels: all 10 expected
+    if none: warnings.warn(f"{path}: labels with no training image ({_few(none)}): the model will have {len(counts)} "
+                           f"classes, not {len(counts)+len(none)}, and can never predict these. If that is not what you "
+                           f"want, put their images back (re-extract the data).", PaddyDataWarning, stacklevel=2)
+    few = counts[counts*valid_pct < 1].sort_values()
+    shown = ', '.join(f'{l}: {n}' for l, n in few[:5].items()) + (f', ... {len(few)} in all' if len(few) > 5 else '')
+    if len(few): warnings.warn(
+        f"{path}: labels with fewer than {math.ceil(1/valid_pct - 1e-9)} training images ({shown}): a random "
+        f"{valid_pct:.0%} validation split (valid_pct={valid_pct}) takes {valid_pct:.0%} of a label's images on average, "
+        f"under one image here, so often none: the error on these labels goes unmeasured, and the model learns them from "
+        f"a handful of images at best. Add images of these labels if you have them; training still runs.", PaddyDataWarning, stacklevel=2)
     return path
 
 # %% ../nbs/00_data.ipynb #34dedd7c
 @functools.lru_cache(maxsize=16)
-def _train_df(csv:str, mtime:float): return pd.read_csv(csv, index_col='image_id')
+def _train_df(csv:str, mtime:float): return read_paddy_csv(csv, index_col='image_id')
 
 def get_variety(p:str|Path, # a training image: <root>/train_images/<label>/<image_id>.jpg
                )->str:
@@ -272,7 +326,7 @@ def get_variety(p:str|Path, # a training image: <root>/train_images/<label>/<ima
 
 def smallest_label(path:str|Path)->str:
     "The label with the fewest training images: a quick, full-memory probe trains on it."
-    return pd.read_csv(Path(path)/'train.csv').label.value_counts().idxmin()
+    return read_paddy_csv(Path(path)/'train.csv').label.value_counts().idxmin()
 
 def get_test_files(path:str|Path)->L:
     "The test images of the dataset at `path`, in a stable (sorted) order."
@@ -316,18 +370,24 @@ def dls_dataset(dls, # DataLoaders
 def check_submission(sub:str|Path|pd.DataFrame, # a submission CSV or DataFrame
                      path:str|Path,             # the dataset root: its sample_submission.csv and train.csv are the reference
                     )->pd.DataFrame:            # the submission, in sample_submission's row order
-    "Check `sub` has exactly one row per test image and only known labels; return it aligned to sample_submission."
+    "Check `sub` has exactly the columns image_id,label, one row per test image and only known labels; return it aligned to sample_submission."
     path = Path(path)
-    df = pd.read_csv(sub, dtype=str, keep_default_na=False) if not isinstance(sub, pd.DataFrame) else sub.astype(str)
+    df = read_paddy_csv(sub, dtype=str, keep_default_na=False) if not isinstance(sub, pd.DataFrame) else sub.astype(str)
     cols = [c for c in SUBM_COLS if c not in df.columns]
     if cols: raise PaddyError(f"The submission has no column {', '.join(cols)}: it needs exactly {','.join(SUBM_COLS)}.")
-    ss = pd.read_csv(path/'sample_submission.csv', dtype=str, keep_default_na=False)
+    extra = [str(c) for c in df.columns if c not in SUBM_COLS]
+    if extra: raise PaddyError(
+        f"The submission has extra columns ({', '.join(extra)}): it must have exactly the columns {','.join(SUBM_COLS)}. "
+        f"Keep only those, e.g. `df[{list(SUBM_COLS)}].to_csv(fn, index=False)`"
+        + (" (an 'Unnamed: 0' column is the index pandas wrote: save with index=False)." if any(c.startswith('Unnamed')
+           for c in extra) else "."))
+    ss = read_paddy_csv(path/'sample_submission.csv', dtype=str, keep_default_na=False)
     errs = []
     dups = df.image_id[df.image_id.duplicated()]
     if len(dups): errs.append(f"image ids more than once ({_few(set(dups))})")
     if set(ss.image_id) - set(df.image_id): errs.append(f"test images without a row ({_few(set(ss.image_id) - set(df.image_id))})")
     if set(df.image_id) - set(ss.image_id): errs.append(f"rows for unknown images ({_few(set(df.image_id) - set(ss.image_id))})")
-    vocab = set(pd.read_csv(path/'train.csv', usecols=['label']).label)
+    vocab = set(read_paddy_csv(path/'train.csv', usecols=['label']).label)
     if set(df.label) - vocab: errs.append(f"labels not in the competition's ({_few(set(df.label) - vocab)})")
     if errs: raise PaddyError("The submission is not valid:\n- " + '\n- '.join(errs))
     return df.set_index('image_id').loc[ss.image_id].reset_index()[list(SUBM_COLS)]

@@ -164,8 +164,10 @@ def paddy_learner(arch:str,                   # timm model name (the seed's name
         dls = paddy_dls(path, size, item=item, bs=bs, valid_pct=valid_pct, seed=seed, trn_path=trn_path, splitter=splitter,
                         **({} if num_workers is None else dict(num_workers=num_workers)))
     if len(dls.train) == 0:
-        raise PaddyError(f"{len(dls.train_ds)} training images make no full batch of {dls.train.bs} (fastai drops the "
-                         f"last partial batch when training): train on more images, or lower `eff_bs` or `bs`.")
+        raise PaddyError(f"{len(dls.train_ds)} training images (after the validation split) make no full batch of "
+                         f"{dls.train.bs} (fastai drops the last partial batch when training): train on more images, or "
+                         f"on smaller batches: a larger `accum` that divides eff_bs={eff_bs} (batches of eff_bs//accum items; "
+                         f"for `paddy ensemble`, a member's `accum` in its --configs file), or in Python a lower `eff_bs` or `bs`.")
     if pretrained is None:
         ds = dls_dataset(dls)  # the dataset trained on (`paddy_dls` records it; others: found from the images)
         pretrained = ds is None or default_pretrained(ds)
