@@ -58,6 +58,7 @@ def _report(run, dest, t0):
     sub = run.write_submission(dest)
     print(f"\nwrote {dest}: {len(sub)} rows, one per test image, labels from {run.path/'train.csv'} "
           f"({time.perf_counter()-t0:.0f} s in all)")
+    for i, name, why in run.left_out: print(f"left out: member {i} ({name}): {why}")
     return run
 
 @call_parse
@@ -175,7 +176,7 @@ def _call(f, prog, argv):
     return f(*pos, **args)
 
 def main(argv:list|None=None, # the arguments after `paddy` (default: `sys.argv[1:]`)
-        )->int:               # the exit status: 0 done, 1 bad input, 2 bad command line, 130 interrupted
+        )->int:               # the exit status: 0 done, 1 bad input, 2 bad command line, 3 done without some members, 130 interrupted
     "The `paddy` console script: `paddy <command> [options]`."
     argv = list(sys.argv[1:] if argv is None else argv)
     import warnings  # two deprecation notices that torch's import prints, not ours: keep the terminal readable
@@ -190,11 +191,15 @@ def main(argv:list|None=None, # the arguments after `paddy` (default: `sys.argv[
         print(e.args[0], file=sys.stderr)
         return 2 if isinstance(e, KeyError) else 1
     from paddy_lib.data import PaddyError
-    try: _call(f, f'paddy {name}', rest)
+    try: res = _call(f, f'paddy {name}', rest)
     except PaddyError as e:
         print(f"paddy {name}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\npaddy {name}: interrupted. Finished work is saved: run the same command again to carry on.", file=sys.stderr)
         return 130
+    if left := getattr(res, 'left_out', None):  # an ensemble written without some members: a script must be able to tell
+        print(f"paddy {name}: the submission was written from {len(res.members)-len(left)} of {len(res.members)} members "
+              f"({len(left)} left out, listed above): exit status 3.", file=sys.stderr)
+        return 3
     return 0

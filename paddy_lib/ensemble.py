@@ -9,7 +9,7 @@ from __future__ import annotations
 import os, sys, json, time, hashlib, tempfile, datetime, numbers, contextlib, enum, functools, types
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import numpy as np, pandas as pd, psutil, shutil, torch
 from fastcore.all import L
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
@@ -17,16 +17,16 @@ from fastai.torch_core import set_seed
 from fastcore.basics import noop
 import fastprogress.fastprogress as _fp
 from fastai.vision.all import Resize, ResizeMethod
-from .data import PaddyError, paddy_data, default_pretrained, get_test_files, check_submission
+from .data import PaddyError, paddy_data, default_pretrained, get_test_files, check_submission, read_paddy_csv
 from .training import paddy_learner, timm_arch, check_weights, fit_recipe, recipe_note
 from .memory import (peak_memory, free_learner, find_accum, hold_to_budget, default_budget, MemoryBudget, BudgetError,
                               device_name)
 
 # %% auto #0
 __all__ = ['SEED_CONFIGS', 'DEMO_CONFIGS', 'DEMO_EPOCHS', 'Member', 'as_member', 'load_members', 'members_from_dict',
-           'ensemble_preds', 'atomic_write', 'write_submission', 'holdout_ids', 'HoldoutSplitter', 'data_fingerprint',
-           'stable_repr', 'member_key', 'member_file', 'save_member', 'load_member', 'EpochLog', 'EnsembleRun',
-           'run_ensemble']
+           'ensemble_preds', 'atomic_write', 'write_submission', 'holdout_ids', 'HoldoutSplitter', 'image_fingerprint',
+           'data_fingerprint', 'stable_repr', 'member_key', 'member_file', 'save_member', 'load_member', 'EpochLog',
+           'EnsembleRun', 'run_ensemble']
 
 # %% ../nbs/06_ensemble.ipynb #a8b3a203
 _METHODS = ('squish', 'crop', 'pad')
@@ -211,7 +211,7 @@ def holdout_ids(path:str|Path,    # the dataset root (its train.csv)
                )->list:           # the held-out image ids, sorted
     "The training images every member of an ensemble leaves out, chosen by a seeded hash of their `image_id`."
     if not 0 < pct < 1: raise PaddyError(f"holdout pct={pct!r}: a share of the training images, between 0 and 1 (e.g. 0.2).")
-    ids = pd.read_csv(Path(path)/'train.csv', usecols=['image_id'], dtype=str).image_id
+    ids = read_paddy_csv(Path(path)/'train.csv', usecols=['image_id'], dtype=str).image_id
     return sorted(i for i in ids if _unit_hash(i, seed) < pct)
 
 def HoldoutSplitter(holdout,                 # image ids (file names) that go to neither side
@@ -228,10 +228,22 @@ def HoldoutSplitter(holdout,                 # image ids (file names) that go to
     return _inner
 
 # %% ../nbs/06_ensemble.ipynb #f8e5eb85
+def image_fingerprint(path:str|Path, # the dataset root: its train_images/ and test_images/
+                      n_sample:int=64,  # files whose bytes are hashed too, spread evenly over the sorted list
+                     )->str:
+    "A short hash of the image files: every name and size, and the bytes of a fixed sample (stable across copies and mtimes)."
+    path = Path(path)
+    files = sorted(f for d in ('train_images', 'test_images') for f in (path/d).rglob('*') if f.is_file())
+    h = hashlib.sha1()
+    for f in files: h.update(f"{f.relative_to(path).as_posix()}\0{f.stat().st_size}\n".encode())
+    for f in files[::max(1, len(files)//n_sample)][:n_sample]: h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
 def data_fingerprint(path:str|Path)->str:
-    "A short hash of a dataset's `train.csv` and `sample_submission.csv`: which images, with which labels."
+    "A short hash of a dataset: `train.csv`, `sample_submission.csv` (which images, which labels) and the images themselves."
     h = hashlib.sha1()
     for n in ('train.csv', 'sample_submission.csv'): h.update((Path(path)/n).read_bytes())
+    h.update(image_fingerprint(path).encode())
     return h.hexdigest()[:16]
 
 _SKIP_ATTRS = ('learn',)  # a used callback's learner: not what the callback is
@@ -309,7 +321,7 @@ class EpochLog(Callback):
     def after_fit(self): self.learn.logger = self.old
 
 def _holdout_files(path, hold):
-    df = pd.read_csv(Path(path)/'train.csv', usecols=['image_id', 'label'], dtype=str).set_index('image_id')
+    df = read_paddy_csv(Path(path)/'train.csv', usecols=['image_id', 'label'], dtype=str).set_index('image_id')
     return [Path(path)/'train_images'/df.label[i]/i for i in hold]
 
 def _train_member(m, accum, path, hold, hold_files, tst_files, key, epochs, lr, eff_bs, max_accum, pretrained, finetune,
@@ -373,6 +385,12 @@ class EnsembleRun:
     status:list                 # 'trained', 'loaded' or 'failed', per member
     out_dir:Path                # where the results live
     path:Path                   # the dataset
+    reasons:dict=field(default_factory=dict) # member number (from 1) -> why it was left out, or why it isn't saved
+
+    @property
+    def left_out(self)->list:
+        "(number, name, why) of each member that didn't finish: the submission is made without them."
+        return [(i, m.name, self.reasons.get(i, '')) for i, (m, r) in enumerate(zip(self.members, self.results), 1) if r is None]
 
     @property
     def done(self)->list:
@@ -435,12 +453,82 @@ def _check_same(res, first, name):
             raise PaddyError(f"{name}: its {k} differ from the first member's, so their predictions can't be averaged. "
                              "Were members trained on different data? Delete the run's folder (or use another) and run again.")
 
+def _check_args(members, epochs, budget_mib):
+    "What would fail hours in: epochs, the budget, each member's timm arguments (a model made on the meta device: no memory)."
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise PaddyError(f"epochs={epochs!r}: each member trains for a whole number of epochs, at least 1 (the seed's 12).")
+    if budget_mib is not None and (isinstance(budget_mib, bool) or not isinstance(budget_mib, numbers.Real) or not budget_mib > 0):
+        raise PaddyError(f"budget_mib={budget_mib!r}: a memory budget is a positive number of MiB (e.g. 15110 for Kaggle's T4), "
+                         "or none (no --budget-mib) to use the default.")
+    import timm
+    for m in {(m.arch, json.dumps(m.kwargs, sort_keys=True, default=str)): m for m in members}.values():
+        try:
+            with torch.device('meta'): timm.create_model(timm_arch(m.arch, verbose=False), pretrained=False, **m.kwargs)
+        except TypeError as e:
+            raise PaddyError(f"{m.name}: timm's {m.arch} does not accept kwargs={m.kwargs} ({e}): fix the member's kwargs.") from None
+
+@contextlib.contextmanager
+def _out_lock(out:Path):
+    "Hold `out` for this run: a second run on this machine stops with a clear line; a dead run's lock (or another machine's: a copied folder) is taken over."
+    import socket
+    lock, me = out/'.lock', f"{socket.gethostname()} {os.getpid()}"
+    with contextlib.suppress(OSError): out.mkdir(parents=True, exist_ok=True)
+    try:
+        host, pid = lock.read_text().split()
+        alive = host == socket.gethostname() and int(pid) != os.getpid() and psutil.pid_exists(int(pid))
+    except (OSError, ValueError): alive = False  # no lock, or an unreadable one
+    if alive: raise PaddyError(f"Another run (process {pid} on {host}) is using {out}: wait for it to finish, or pass another "
+                               f"--out (out_dir). If no run is, delete {lock}.")
+    try: lock.write_text(me)
+    except OSError: yield; return  # a read-only folder: nothing can be trained into it anyway (`_check_out`)
+    try: yield
+    finally:
+        with contextlib.suppress(OSError):
+            if lock.read_text() == me: lock.unlink()
+
+def _check_out(out:Path, n_todo:int):
+    "Before training: the members' folder can be written, with room for a saved member (the largest already there, or 16 MiB)."
+    if not n_todo: return  # every member is saved: a read-only folder is fine (Kaggle's /kaggle/input)
+    members = out/'members'
+    try:
+        members.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=members): pass
+    except OSError as e:
+        raise PaddyError(f"Can't write to {members} ({e.strerror or e}), where each member is saved as it finishes: pass another "
+                         "--out (out_dir), e.g. under /kaggle/working on Kaggle (/kaggle/input is read-only), with the saved "
+                         "members copied there first: running again resumes from them.") from None
+    need = max([f.stat().st_size for f in members.glob('*.pt')] or [16*2**20])
+    free = shutil.disk_usage(members).free
+    if free < 2*need:
+        raise PaddyError(f"{members} has {free/2**20:,.1f} MiB free, and a member's saved result needs about {need/2**20:,.1f} MiB: "
+                         "free some space or pass another --out; running again resumes from the members saved.")
+
+def _save(res, fn, log)->str:
+    "Save a member's result to `fn`; if that fails (disk full, read-only), beside it in the temp folder, and say where."
+    try: return str(save_member(res, fn))
+    except OSError as e: err = e
+    alt = Path(tempfile.gettempdir())/'paddy_lib_unsaved'/fn.name
+    try: save_member(res, alt)
+    except OSError: alt = None
+    log(f"  could not save {fn} ({err.strerror or err}): " + (f"saved it to {alt} instead; copy it into {fn.parent} and "
+        "running again resumes from it" if alt else "it is kept in memory for this run's submission only") + ".")
+    return str(alt) if alt else None
+
+def _saved_for_other_data(out, m, spec, data):
+    "Saved results of the same member (same spec and settings) made from other data: why it trains again."
+    hits = []
+    for f in sorted((out/'members').glob(f"{m.arch.replace('/', '_')}-*.pt")):
+        with contextlib.suppress(Exception):
+            r = load_member(f)['record']
+            if r.get('spec') == spec and r.get('data') != data: hits.append(f.name)
+    return hits
+
 def run_ensemble(configs:list,                 # the members: `Member`s, dicts or tuples (e.g. `SEED_CONFIGS`, `DEMO_CONFIGS`)
                  path:str|Path|None=None,      # dataset root (default: `paddy_data()`)
                  out_dir:str|Path='ensemble_runs', # where each member's result is saved as it finishes
                  epochs:int=12,                # epochs per member (the seed's 12)
                  lr:float=0.01,                # learning rate (the seed's)
-                 budget_mib:float|None=None,   # MiB each member may use: `find_accum` picks under it, training is held to it (None: on CUDA `default_budget()`, 16,280 or a smaller card's total; none on a CPU)
+                 budget_mib:float|None=None,   # MiB each member may use: `find_accum` picks under it, training is held to it (None: on CUDA `default_budget()`, a T4's 15,110 or a smaller card's total; none on a CPU)
                  holdout_pct:float=0.2,        # share of the training images held out from every member
                  holdout_seed:int=42,          # which images: the hash's seed
                  eff_bs:int=64,                # items per optimizer step
@@ -458,6 +546,7 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
     members = [as_member(c) for c in configs]
     if not members: raise PaddyError("run_ensemble: no members given.")
     for m in members: timm_arch(m.arch, verbose=False)  # unknown archs fail now, not after hours of training
+    _check_args(members, epochs, budget_mib)
     path = Path(path) if path is not None else paddy_data()
     out = Path(out_dir)
     max_accum = max_accum or max(1, eff_bs//2)
@@ -476,48 +565,63 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
     keyed_cbs = [stable_repr(cb, f'run_ensemble(cbs=[{type(cb).__name__}])') for cb in L(cbs) if getattr(type(cb), 'in_member_key', True)]
     if keyed_cbs: ctx['cbs'] = keyed_cbs  # (none: the key is what it was before callbacks counted)
     keys = [member_key(m, **ctx) for m in members]  # all of them now: a value with no stable form fails before any training
+    specs = [member_key(m, **{**ctx, 'data': None}) for m in members]  # the same without the data: to say why one retrains
+    todo = [m for m, k in zip(members, keys) if retrain or not member_file(out, m, k).exists()]
     run = EnsembleRun(members, [], [], out, path)
     n = len(members)
     log(f"{n} member(s) on {path}: pretrained={pretrained} ({why})"
         + (f", budget {budget_mib:,.0f} MiB" if budget_mib else ", no memory budget"))
     if pretrained:  # weights that can't be had (offline, not cached) stop the run now, not when a member starts
-        for arch in dict.fromkeys(m.arch for m, k in zip(members, keys) if retrain or not member_file(out, m, k).exists()):
-            check_weights(arch)
-    for i, (m, key) in enumerate(zip(members, keys), 1):
-        fn = member_file(out, m, key)
-        log(f"member {i} of {n}: {m.name}, weight {m.weight:g}")
-        res = None
-        if fn.exists() and not retrain:
-            try: res = load_member(fn)
-            except Exception as e: log(f"  can't read {fn} ({type(e).__name__}: {e}): training it again")
-            else:
-                _check_same(res, run.done[0][1] if run.done else res, m.name)
-                log(f"  already done: loaded {fn} (hold-out error {res['record']['holdout_error']:.3f})")
-                run.results.append(res); run.status.append('loaded'); continue
-        accum = m.accum
-        try:
-            if accum is None:
-                accum = (find_accum(m.arch, m.size, budget_mib, eff_bs, item=m.resize, path=path, verbose=False,
-                                    pretrained=pretrained, **m.kwargs) if budget_mib else 1)
-                log(f"  accum={int(accum)}" + (f" (find_accum, budget {budget_mib:,.0f} MiB)" if budget_mib else " (no budget on a CPU)"))
-            log(f"  recipe: {recipe}")
-            with hold_to_budget(budget_mib) if budget_mib else contextlib.nullcontext():  # CUDA: the allocator's limit
-                res = _train_member(m, int(accum), path, hold, hold_files, tst_files, key, epochs, lr, eff_bs, max_accum,
-                                    pretrained, finetune, num_workers, cbs, progress, log, budget_mib, **kwargs)
-        except BudgetError as e:
-            log(f"  doesn't fit: {e}"); res = None
-        except KeyboardInterrupt:
-            done = sum(r is not None for r in run.results)
-            log(f"\ninterrupted during member {i} of {n}: {done} finished member(s) are saved in {out/'members'}; "
-                "run the same command again to go on from here.")
-            raise
-        if res is None: run.results.append(None); run.status.append('failed'); continue
-        _check_same(res, run.done[0][1] if run.done else res, m.name)
-        save_member(res, fn)
-        r = res['record']
-        log(f"  done in {r['minutes']:.1f} min: valid error {r['valid_error']:.3f}, hold-out error {r['holdout_error']:.3f}, "
-            f"peak {r['peak_mib']:,.0f} MiB, accum {r['accum']} -> saved {fn}")
-        run.results.append(res); run.status.append('trained')
-        atomic_write(out/'records.csv', lambda f: run.table.to_csv(f, index=False))
-    atomic_write(out/'records.csv', lambda f: run.table.to_csv(f, index=False))
+        for arch in dict.fromkeys(m.arch for m in todo): check_weights(arch)
+    with _out_lock(out):
+        _check_out(out, len(todo))
+        for i, (m, key, spec) in enumerate(zip(members, keys, specs), 1):
+            _run_member(run, i, m, key, spec, ctx['data'], retrain, budget_mib, recipe, log, dict(
+                path=path, hold=hold, hold_files=hold_files, tst_files=tst_files, key=key, epochs=epochs, lr=lr, eff_bs=eff_bs,
+                max_accum=max_accum, pretrained=pretrained, finetune=finetune, num_workers=num_workers, cbs=cbs,
+                progress=progress, log=log, **kwargs))
+        if run.left_out: log("left out of the ensemble: " + '; '.join(f"member {i} ({name}): {why}" for i, name, why in run.left_out))
+        with contextlib.suppress(OSError): atomic_write(out/'records.csv', lambda f: run.table.to_csv(f, index=False))
     return run
+
+def _run_member(run, i, m, key, spec, data, retrain, budget_mib, recipe, log, kw):
+    "Load member `i` if saved, else train it (its accum found first if it has none), save it, and add it to `run`."
+    out, n, fn = run.out_dir, len(run.members), member_file(run.out_dir, m, key)
+    log(f"member {i} of {n}: {m.name}, weight {m.weight:g}")
+    if fn.exists() and not retrain:
+        try: res = load_member(fn)
+        except Exception as e: log(f"  can't read {fn} ({type(e).__name__}: {e}): training it again")
+        else:
+            _check_same(res, run.done[0][1] if run.done else res, m.name)
+            log(f"  already done: loaded {fn} (hold-out error {res['record']['holdout_error']:.3f})")
+            run.results.append(res); run.status.append('loaded'); return
+    elif other := _saved_for_other_data(out, m, spec, data):
+        log(f"  saved before from other data ({', '.join(other)}): the images or CSVs have changed since, so it trains again")
+    accum, res = m.accum, None
+    try:
+        if accum is None:
+            accum = (find_accum(m.arch, m.size, budget_mib, kw['eff_bs'], item=m.resize, path=kw['path'], verbose=False,
+                                pretrained=kw['pretrained'], **m.kwargs) if budget_mib else 1)
+            log(f"  accum={int(accum)}" + (f" (find_accum, budget {budget_mib:,.0f} MiB)" if budget_mib else " (no budget on a CPU)"))
+        log(f"  recipe: {recipe}")
+        with hold_to_budget(budget_mib) if budget_mib else contextlib.nullcontext():  # CUDA: the allocator's limit
+            res = _train_member(m, int(accum), budget_mib=budget_mib, **kw)
+    except BudgetError as e:
+        log(f"  doesn't fit: {e}"); run.reasons[i] = f"doesn't fit: {e}"
+    except KeyboardInterrupt:
+        done = sum(r is not None for r in run.results)
+        log(f"\ninterrupted during member {i} of {n}: {done} finished member(s) are saved in {out/'members'}; "
+            "run the same command again to go on from here.")
+        raise
+    if res is None:
+        run.reasons.setdefault(i, f"out of memory even at the largest accum (max_accum={kw['max_accum']})")
+        run.results.append(None); run.status.append('failed'); return
+    _check_same(res, run.done[0][1] if run.done else res, m.name)
+    res['record'].update(spec=spec, data=data)  # to tell, later, a result made from other data
+    where = _save(res, fn, log)
+    if where != str(fn): run.reasons[i] = f"trained, but not saved in {fn.parent}" + (f" (saved to {where})" if where else '')
+    r = res['record']
+    log(f"  done in {r['minutes']:.1f} min: valid error {r['valid_error']:.3f}, hold-out error {r['holdout_error']:.3f}, "
+        f"peak {r['peak_mib']:,.0f} MiB, accum {r['accum']} -> saved {where or 'nowhere (kept in memory)'}")
+    run.results.append(res); run.status.append('trained')
+    with contextlib.suppress(OSError): atomic_write(out/'records.csv', lambda f: run.table.to_csv(f, index=False))

@@ -14,7 +14,7 @@ from fastcore.all import L
 from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastai.vision.all import Resize
-from .data import PaddyError, paddy_data, paddy_dls
+from .data import PaddyError, paddy_data, paddy_dls, read_paddy_csv
 from .training import train
 
 # %% auto #0
@@ -248,7 +248,7 @@ def probe_folder(path:str|Path,       # dataset root
                 )->Path:              # a label's folder, or train_images/ when no label is big enough
     "The seed's probe data: the smallest label whose folder holds `n_items` training images (else all of train_images/)."
     path = Path(path)
-    for lbl, n in pd.read_csv(path/'train.csv').label.value_counts().sort_values().items():
+    for lbl, n in read_paddy_csv(path/'train.csv').label.value_counts().sort_values().items():
         if int(n*(1-valid_pct)) >= n_items: return path/'train_images'/lbl
     return path/'train_images'
 

@@ -1,5 +1,5 @@
-"Fixtures for the Kaggle tests (tests/test_kaggle.py): a local Kaggle, no credentials, no internet."
-import pytest
+"Fixtures for the tests: a local Kaggle, no credentials, no internet (tests/test_kaggle.py); one PyTorch thread."
+import pytest, torch
 from paddy_lib.data import COMP, make_demo_paddy
 from paddy_lib.kaggle import LocalKaggle, loopback_only
 
@@ -31,3 +31,11 @@ def kaggle_demo_data(tmp_path_factory):
 def local_kaggle(kaggle_empty_home, kaggle_no_internet, kaggle_demo_data):
     "A running `LocalKaggle` (user 'paddy-student') the environment points the real kaggle client at."
     with LocalKaggle(competitions={COMP: kaggle_demo_data}, timeout=120) as lk: yield lk
+
+@pytest.fixture(scope='module')
+def one_thread():
+    "One PyTorch thread for these tests: on a small shared CPU, several threads wait for each other (bench/demo.py)."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

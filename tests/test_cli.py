@@ -177,17 +177,17 @@ def test_real_data_offline_asks_for_no_pretrained_before_training(tmp_path):
     assert 'Traceback' not in r.stderr and not (tmp_path/'runs'/'members').exists()
     assert time.time() - t0 < 60  # not the hub client's minute of retries (a bound on waiting, not a benchmark)
     r = console('ensemble', '--path', real, '--configs', tmp_path/'m.json', '--out', tmp_path/'runs', '--no-check',
-                '--pretrained', '--finetune', '--epochs', '0', env=env)  # said explicitly: the same stop, still before training
+                '--pretrained', '--finetune', '--epochs', '1', env=env)  # said explicitly: the same stop, still before training
     assert r.returncode == 1 and '--no-pretrained' in r.stderr and 'pretrained=True (as given)' in r.stdout
 
 
 def test_push_dry_run_writes_the_machine_shape(kaggle_empty_home, tmp_path):
-    "paddy push --dry-run: Kaggle's T4 by default, another shape when named, none on the CPU."
+    "paddy push --dry-run: Kaggle's T4 by default (through the console script), another shape when named, none on the CPU."
     nb = _course()[0]
-    shapes = {}
-    for extra in ([], ['--accelerator', 'NvidiaL4'], ['--no-gpu']):
-        dest = tmp_path/('dry' + ''.join(extra))
-        r = console('push', '--dry-run', '--user', 'someone', '--dest', dest, *extra, nb)
-        assert r.returncode == 0, r.stdout + r.stderr
-        shapes[' '.join(extra)] = json.loads((dest/nb.stem/'kernel-metadata.json').read_text()).get('machine_shape')
-    assert shapes == {'': 'NvidiaTeslaT4', '--accelerator NvidiaL4': 'NvidiaL4', '--no-gpu': None}
+    shape = lambda dest: json.loads((dest/nb.stem/'kernel-metadata.json').read_text()).get('machine_shape')
+    r = console('push', '--dry-run', '--user', 'someone', '--dest', tmp_path/'dry', nb)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert shape(tmp_path/'dry') == 'NvidiaTeslaT4'
+    for extra, want in ((['--accelerator', 'NvidiaL4'], 'NvidiaL4'), (['--no-gpu'], None)):  # the same parser, in-process
+        assert main(['push', '--dry-run', '--user', 'someone', '--dest', str(tmp_path/'other'), *extra, str(nb)]) == 0
+        assert shape(tmp_path/'other') == want

@@ -15,13 +15,7 @@ A = Member('test_resnet', ('squish', 96), 32, accum=2)
 B = Member('test_resnet', ('crop', (128, 96)), 32, accum=2, weight=2)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "One PyTorch thread for these tests: on a small shared CPU, several threads wait for each other (bench/demo.py)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py: one PyTorch thread
 
 
 @pytest.fixture(scope='module')
@@ -104,7 +98,8 @@ def test_tiny_budget_is_a_budget_error_not_a_crash(data, tmp_path):
     run = run_ensemble([Member('test_resnet', ('squish', 96), 32), A], data, tmp_path/'budget', budget_mib=10,
                        log=logs.append, **FAST)
     assert run.status == ['failed', 'failed']
-    assert sum("doesn't fit" in l and 'budget' in l for l in logs) == 2
+    assert sum(l.startswith("  doesn't fit") and 'budget' in l for l in logs) == 2
+    assert logs[-1].startswith("left out of the ensemble: member 1 (test_resnet squish 96 @32): doesn't fit")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='MemoryBudget holds CPU runs; on CUDA the budget is the allocator limit')
