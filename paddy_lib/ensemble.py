@@ -302,6 +302,11 @@ def _is_oom(e:BaseException)->bool:
 
 def _err(preds, targs)->float: return (preds.argmax(1) != targs).float().mean().item()
 
+def _is_bad_image(e:BaseException)->bool:
+    "Is `e` PIL failing on an image file (unreadable, truncated: an `OSError` raised inside PIL), rather than any other error?"
+    import traceback
+    return isinstance(e, OSError) and any(f"{os.sep}PIL{os.sep}" in f.filename for f in traceback.extract_tb(e.__traceback__))
+
 def _live_output()->bool:
     "Is the output a terminal or a notebook, where progress bars redraw in place (rather than a log file, CI, `nohup`)?"
     return _fp.IN_NOTEBOOK or bool(getattr(sys.stdout, 'isatty', lambda: False)())
@@ -362,6 +367,10 @@ def _train_member(m, accum, path, hold, hold_files, tst_files, key, epochs, lr, 
                                     minutes=(time.perf_counter()-t0)/60, device=device_name(), key=key,
                                     finished=datetime.datetime.now().isoformat(timespec='seconds')))
         except Exception as e:
+            if _is_bad_image(e):  # possible only with the data check skipped (`paddy ensemble --no-check`)
+                raise PaddyError(f"{m.name}: an image could not be read while training ({type(e).__name__}: {e}): run "
+                                 f"`paddy check --path {path}` to list every bad image, and fix or remove them; the members "
+                                 "finished so far are saved, so running again resumes.") from None
             if not _is_oom(e): raise
             lines = [l.strip() for l in str(e).splitlines() if l.strip()]  # fastai prefixes the callback's name on a line of its own
             line = next((l for l in lines if 'memory' in l), lines[0] if lines else '')

@@ -167,3 +167,14 @@ def test_partial_ensemble_lists_who_is_missing_and_exits_3(data, tmp_path, monke
     assert code == 3, out + err
     assert 'left out: member 2 (test_resnet crop 128x96 @32): out of memory even at the largest accum' in out
     assert 'written from 1 of 2 members' in err and (tmp_path/'sub.csv').exists()
+
+
+def test_broken_image_with_the_check_skipped_is_one_line(data, tmp_path):
+    "--no-check and a truncated photo: not a PIL traceback mid-training but one line naming `paddy check`; saved work kept."
+    bad = Path(shutil.copytree(data, tmp_path/'bad'))
+    for f in (bad/'train_images').rglob('*.jpg'): f.write_bytes(f.read_bytes()[:300])  # every photo cut short
+    r = console('ensemble', '--path', bad, '--configs', _members(tmp_path, [A]), '--out', tmp_path/'runs', '--no-check',
+                '--epochs', 1, '--no-progress')
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'an image could not be read while training' in r.stderr and 'paddy check --path' in r.stderr
+    assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1
