@@ -71,15 +71,18 @@ def check_weights(arch:str,          # timm model name (today's, or the seed's: 
     import requests, huggingface_hub as hf
     from timm.models import get_pretrained_cfg
     arch = timm_arch(arch, verbose=False)
-    hub_id = arch.split(':', 1)[1] if arch.startswith(('hf-hub:', 'hf_hub:')) else getattr(get_pretrained_cfg(arch), 'hf_hub_id', None)
-    if not hub_id: raise PaddyError(f"timm has no pretrained weights for {arch!r}: pass pretrained=False (--no-pretrained).")
-    if any(isinstance(hf.try_to_load_from_cache(hub_id, f), str) for f in _WEIGHT_FILES): return 'cache'
-    endpoint = hf.constants.ENDPOINT
+    cfg = None if arch.startswith(('hf-hub:', 'hf_hub:')) else get_pretrained_cfg(arch)
+    hub_id = arch.split(':', 1)[1] if cfg is None else cfg.hf_hub_id
+    url = getattr(cfg, 'url', None) if not hub_id else None  # a few timm weights (19 archs) are only at a URL
+    if not (hub_id or url): raise PaddyError(f"timm has no pretrained weights for {arch!r}: pass pretrained=False (--no-pretrained).")
+    if hub_id and any(isinstance(hf.try_to_load_from_cache(hub_id, f), str) for f in _WEIGHT_FILES): return 'cache'
+    if url and (Path(torch.hub.get_dir())/'checkpoints'/Path(url).name).is_file(): return 'cache'
+    endpoint = url or hf.constants.ENDPOINT
     try:
         if hf.constants.HF_HUB_OFFLINE: raise OSError('HF_HUB_OFFLINE is set')
         requests.head(endpoint, timeout=timeout)
     except OSError as e:  # requests' errors are OSErrors
-        raise PaddyError(f"{arch}'s pretrained weights ({hub_id}) are not in the cache ({hf.constants.HF_HUB_CACHE}) and "
+        raise PaddyError(f"{arch}'s pretrained weights ({hub_id or url}) are not in the cache ({hf.constants.HF_HUB_CACHE if hub_id else torch.hub.get_dir()}) and "
                          f"{endpoint} can't be reached ({type(e).__name__}): train from random weights with --no-pretrained "
                          f"(pretrained=False), or get the weights: turn the internet on (on Kaggle: the notebook's settings), "
                          f"or point HF_HOME at a copy of a cache that holds them.") from None

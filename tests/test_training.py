@@ -124,6 +124,12 @@ def test_check_weights(monkeypatch, tmp_path):
     monkeypatch.setattr(hf.constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(PaddyError, match='HF_HUB_OFFLINE|--no-pretrained'): check_weights('convnext_small_in22k')
     with pytest.raises(PaddyError, match='no pretrained weights'): check_weights('botnet50ts_256')  # timm has none
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path/'torch'))  # weights only at a URL: torch.hub's cache
+    with pytest.raises(PaddyError, match=r"legacy_seresnet18.in1k's pretrained weights \(https://"): check_weights('legacy_seresnet18.in1k')
+    (tmp_path/'torch'/'checkpoints').mkdir(parents=True)
+    from timm.models import get_pretrained_cfg
+    (tmp_path/'torch'/'checkpoints'/get_pretrained_cfg('legacy_seresnet18.in1k').url.split('/')[-1]).write_bytes(b'')
+    assert check_weights('legacy_seresnet18.in1k') == 'cache'
     repo = tmp_path/'models--timm--resnet18.a1_in1k'
     (repo/'refs').mkdir(parents=True); (repo/'refs'/'main').write_text('abc')
     (repo/'snapshots'/'abc').mkdir(parents=True); (repo/'snapshots'/'abc'/'model.safetensors').write_bytes(b'')
