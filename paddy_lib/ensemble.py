@@ -348,9 +348,10 @@ def _train_member(m, accum, path, hold, hold_files, tst_files, key, epochs, lr, 
                     raise PaddyError(f"{m.name}: run_ensemble records each member's validation `error_rate`, but its learner's "
                                      f"metrics are {names or 'none'}: keep error_rate among them (e.g. metrics=[error_rate, accuracy]).")
                 with contextlib.ExitStack() as quiet:
-                    if not progress or (progress is None and not _live_output()): quiet.enter_context(learn.no_bar())
+                    bars = _live_output() if progress is None else progress
+                    if not bars: quiet.enter_context(learn.no_bar())
                     if progress is False: quiet.enter_context(learn.no_logging())
-                    elif progress is None and not _live_output(): quiet.enter_context(learn.added_cbs(EpochLog()))
+                    elif not bars: quiet.enter_context(learn.added_cbs(EpochLog()))  # a log file: a plain line per epoch
                     fit = fit_recipe(learn, epochs, lr, finetune)
                     rec = learn.recorder  # read it now: `tta` clears the recorder. Its values: train_loss, valid_loss, metrics...
                     valid_error = float(rec.values[-1][rec.metric_names[1:].index('error_rate')])  # names: 'epoch', then the values'
