@@ -14,12 +14,13 @@ from PIL import Image, ImageDraw
 from fastcore.all import L, store_attr
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, RandomSplitter, Resize, aug_transforms,
                                get_image_files, parent_label)
+from .core import PaddyError, PaddyWarning, iskaggle, kaggle_credentials, kaggle_api, CRED_HELP
 
 # %% auto #0
-__all__ = ['COMP', 'LABELS', 'VARIETIES', 'TRAIN_COLS', 'SUBM_COLS', 'iskaggle', 'PaddyError', 'PaddyDataError', 'demo_path',
-           'make_demo_paddy', 'kaggle_input', 'kaggle_credentials', 'paddy_path', 'paddy_scale', 'paddy_data',
-           'is_demo_data', 'default_pretrained', 'read_paddy_csv', 'PaddyWarning', 'PaddyDataWarning', 'check_paddy',
-           'get_variety', 'smallest_label', 'get_test_files', 'paddy_dls', 'dls_dataset', 'check_submission']
+__all__ = ['COMP', 'LABELS', 'VARIETIES', 'TRAIN_COLS', 'SUBM_COLS', 'PaddyDataError', 'demo_path', 'make_demo_paddy',
+           'kaggle_input', 'paddy_path', 'paddy_scale', 'paddy_data', 'is_demo_data', 'default_pretrained',
+           'read_paddy_csv', 'PaddyDataWarning', 'check_paddy', 'get_variety', 'smallest_label', 'get_test_files',
+           'paddy_dls', 'dls_dataset', 'check_submission']
 
 # %% ../nbs/00_data.ipynb #3cef32f4
 COMP = 'paddy-disease-classification'  # the Kaggle competition's slug
@@ -28,9 +29,6 @@ LABELS = ('bacterial_leaf_blight', 'bacterial_leaf_streak', 'bacterial_panicle_b
 VARIETIES = ('ADT45', 'AndraPonni', 'AtchayaPonni', 'IR20', 'KarnatakaPonni', 'Onthanel', 'Ponni', 'RR', 'Surya', 'Zonal')
 TRAIN_COLS = ('image_id', 'label', 'variety', 'age')  # columns of train.csv
 SUBM_COLS = ('image_id', 'label')                     # columns of sample_submission.csv and of a submission
-
-class PaddyError(ValueError):
-    "Base class of the errors `paddy_lib` raises for bad input: the message says what is wrong and how to fix it."
 
 class PaddyDataError(PaddyError):
     "The data is missing or not in the Paddy Doctor layout."
@@ -108,26 +106,10 @@ def make_demo_paddy(dest:str|Path|None=None, # folder to create (default: `demo_
     return dest
 
 # %% ../nbs/00_data.ipynb #67966a67
-iskaggle = bool(os.environ.get('KAGGLE_KERNEL_RUN_TYPE', ''))  # are we running in a Kaggle notebook?
-
 def kaggle_input(comp:str=COMP, # competition (or dataset) slug
                 )->Path:       # where Kaggle mounts its files in a notebook
     "The folder where a Kaggle notebook finds the attached competition `comp`."
     return Path('/kaggle/input')/comp
-
-def kaggle_credentials() -> Path|str|None:
-    "Where the Kaggle client would find credentials (env vars or a `kaggle.json`), or None."
-    if os.environ.get('KAGGLE_USERNAME') and os.environ.get('KAGGLE_KEY'): return 'KAGGLE_USERNAME/KAGGLE_KEY'
-    if os.environ.get('KAGGLE_API_TOKEN'): return 'KAGGLE_API_TOKEN'
-    dirs = ([Path(os.environ['KAGGLE_CONFIG_DIR']).expanduser()] if os.environ.get('KAGGLE_CONFIG_DIR') else
-            [Path.home()/'.kaggle', Path(os.environ.get('XDG_CONFIG_HOME', Path.home()/'.config'))/'kaggle'])
-    for f in [d/'kaggle.json' for d in dirs] + [Path.home()/'.kaggle'/'access_token']:
-        if f.exists(): return f
-    return None
-
-_CRED_HELP = ("Kaggle looks for credentials in the environment variables KAGGLE_USERNAME and KAGGLE_KEY (or "
-              "KAGGLE_API_TOKEN), or in ~/.kaggle/kaggle.json ($KAGGLE_CONFIG_DIR/kaggle.json if that variable is set): "
-              "create a token at https://www.kaggle.com/settings (API > Create New Token) and save it there.")
 
 # %% ../nbs/00_data.ipynb #d2eb79dc
 def _local_copies(comp):
@@ -135,9 +117,8 @@ def _local_copies(comp):
 
 def _download(comp, dest):
     "Download and unzip `comp` into `dest` with the kaggle client; never let its `SystemExit` escape."
-    if kaggle_credentials() is None: raise PaddyDataError(f"No Kaggle credentials, so {comp} can't be downloaded. {_CRED_HELP}")
+    if kaggle_credentials() is None: raise PaddyDataError(f"No Kaggle credentials, so {comp} can't be downloaded. {CRED_HELP}")
     try:
-        from paddy_lib.kaggle import kaggle_api  # a fresh client for today's environment (07_kaggle explains why)
         kaggle_api().competition_download_cli(comp, path=str(dest.parent))
     except (SystemExit, Exception) as e:  # the client exits or raises on bad credentials, rules not accepted, no network
         raise PaddyDataError(f"Downloading {comp} from Kaggle failed ({type(e).__name__}: {e}). Check your credentials, "
@@ -166,7 +147,7 @@ def paddy_path(path:str|Path|None=None, # an explicit dataset folder (wins over 
     if download and kaggle_credentials() is not None: return _download(comp, _local_copies(comp)[0])
     raise PaddyDataError(
         f"The {comp} data was not found (looked in {', '.join(str(p) for p in _local_copies(comp))}). "
-        f"To use the real data, download it from Kaggle: {_CRED_HELP} Then call `paddy_path()` again, or pass the folder. "
+        f"To use the real data, download it from Kaggle: {CRED_HELP} Then call `paddy_path()` again, or pass the folder. "
         f"To work offline, use the demo: `make_demo_paddy()` (or `paddy_data('demo')`).")
 
 # %% ../nbs/00_data.ipynb #50b49e83
@@ -241,17 +222,8 @@ def _few(xs, n=5):
     xs = sorted(map(str, xs))
     return f"{len(xs)}: {', '.join(xs[:n])}{', ...' if len(xs) > n else ''}"
 
-class PaddyWarning(UserWarning):
-    "Base class of the library's warnings: input that works, but not as you may think. Printed as one line, `warning: ...`."
-
 class PaddyDataWarning(PaddyWarning):
     "Data that trains, but badly: a label with no image, or too few for the validation split to hold one."
-
-def _formatwarning(message, category, filename, lineno, line=None, _orig=warnings.formatwarning):
-    "Our warnings as one readable line; everyone else's as Python prints them."
-    if issubclass(category, PaddyWarning): return f"warning: {message}\n"
-    return _orig(message, category, filename, lineno, line)
-if not getattr(warnings.formatwarning, '_paddy', False): _formatwarning._paddy = True; warnings.formatwarning = _formatwarning
 
 def check_paddy(path:str|Path,       # the dataset's root folder
                 images:bool=True,    # also decode every image (the slow part: a few seconds per 10,000 images)

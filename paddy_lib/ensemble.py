@@ -17,10 +17,10 @@ from fastai.torch_core import set_seed
 from fastcore.basics import noop
 import fastprogress.fastprogress as _fp
 from fastai.vision.all import Resize, ResizeMethod
-from .data import PaddyError, paddy_data, default_pretrained, get_test_files, check_submission, read_paddy_csv
+from .core import PaddyError, is_oom, device_name
+from .data import paddy_data, default_pretrained, get_test_files, check_submission, read_paddy_csv
 from .training import paddy_learner, timm_arch, check_weights, fit_recipe, recipe_note
-from .memory import (peak_memory, free_learner, find_accum, hold_to_budget, default_budget, MemoryBudget, BudgetError,
-                              device_name)
+from .memory import (peak_memory, free_learner, find_accum, hold_to_budget, default_budget, MemoryBudget, BudgetError)
 
 # %% auto #0
 __all__ = ['SEED_CONFIGS', 'DEMO_CONFIGS', 'DEMO_EPOCHS', 'Member', 'as_member', 'load_members', 'members_from_dict',
@@ -295,11 +295,6 @@ def load_member(fn:str|Path)->dict:
     return torch.load(fn, weights_only=True)
 
 # %% ../nbs/06_ensemble.ipynb #a0be857b
-def _is_oom(e:BaseException)->bool:
-    "Is `e` running out of memory: CUDA's, a failed CPU allocation, or a memory budget that can't be met?"
-    if isinstance(e, (torch.OutOfMemoryError, MemoryError, BudgetError)): return True
-    return isinstance(e, RuntimeError) and any(s in str(e) for s in ('out of memory', "can't allocate memory", 'not enough memory'))
-
 def _err(preds, targs)->float: return (preds.argmax(1) != targs).float().mean().item()
 
 def _is_bad_image(e:BaseException)->bool:
@@ -372,7 +367,7 @@ def _train_member(m, accum, path, hold, hold_files, tst_files, key, epochs, lr, 
                 raise PaddyError(f"{m.name}: an image could not be read while training ({type(e).__name__}: {e}): run "
                                  f"`paddy check --path {path}` to list every bad image, and fix or remove them; the members "
                                  "finished so far are saved, so running again resumes.") from None
-            if not _is_oom(e): raise
+            if not (is_oom(e) or isinstance(e, BudgetError)): raise
             lines = [l.strip() for l in str(e).splitlines() if l.strip()]  # fastai prefixes the callback's name on a line of its own
             line = next((l for l in lines if 'memory' in l), lines[0] if lines else '')
             line = line.split('. ')[0].rstrip('.')  # its first sentence: what ran out, and by how much

@@ -13,17 +13,18 @@ from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 from fastcore.script import call_parse
-from .data import COMP, PaddyError, iskaggle, kaggle_input, kaggle_credentials, paddy_path, check_submission
+from .core import (PaddyError, iskaggle, KaggleError, KaggleCredentialsError, KaggleUnreachableError, CRED_HELP,
+                            kaggle_config_dir, kaggle_credentials, find_kaggle_credentials, kaggle_endpoint, exit_raises, kaggle_api)
+from .data import COMP, kaggle_input, paddy_path, check_submission
 import paddy_lib
 
 # %% auto #0
 __all__ = ['KAGGLE_SETUP', 'DATASET_LICENSES', 'NOT_ON_KAGGLE', 'KAGGLE_GPU', 'PLACEHOLDER_USER', 'first_code_cell',
-           'with_setup_cell', 'no_kaggle_credentials', 'KaggleError', 'KaggleCredentialsError',
-           'KaggleUnreachableError', 'KaggleMetadataError', 'kaggle_config_dir', 'find_kaggle_credentials',
-           'kaggle_username', 'kaggle_endpoint', 'kaggle_api', 'KaggleRequest', 'LocalKaggle', 'loopback_only',
-           'kaggle_slug', 'check_kernel_meta', 'course_root', 'course_notebooks', 'kaggle_notebooks', 'notebook_title',
-           'kernel_title', 'notebook_kernel_meta', 'write_kernel_folder', 'push_notebooks', 'build_wheel',
-           'wheel_requires', 'push_lib_dataset', 'submit', 'paddy_push', 'paddy_submit']
+           'with_setup_cell', 'no_kaggle_credentials', 'KaggleMetadataError', 'kaggle_username', 'KaggleRequest',
+           'LocalKaggle', 'loopback_only', 'kaggle_slug', 'check_kernel_meta', 'course_root', 'course_notebooks',
+           'kaggle_notebooks', 'notebook_title', 'kernel_title', 'notebook_kernel_meta', 'write_kernel_folder',
+           'push_notebooks', 'build_wheel', 'wheel_requires', 'push_lib_dataset', 'submit', 'paddy_push',
+           'paddy_submit']
 
 # %% ../nbs/07_kaggle.ipynb #1c5b9d45
 KAGGLE_SETUP = '''#| hide
@@ -72,43 +73,8 @@ def no_kaggle_credentials():
                 else: os.environ[k] = v
 
 # %% ../nbs/07_kaggle.ipynb #46396e3b
-class KaggleError(PaddyError):
-    "Talking to Kaggle failed; the message says why, what to do, and what was kept locally."
-
-class KaggleCredentialsError(KaggleError):
-    "No usable Kaggle credentials."
-
-class KaggleUnreachableError(KaggleError):
-    "Kaggle's API could not be reached."
-
 class KaggleMetadataError(KaggleError):
     "A slug, title or other metadata breaks Kaggle's rules; raised before anything is sent."
-
-def kaggle_config_dir()->Path:
-    "Where the kaggle 2.x client reads `kaggle.json`: `$KAGGLE_CONFIG_DIR`, else `~/.kaggle`, else (Linux) `$XDG_CONFIG_HOME/kaggle`."
-    if os.environ.get('KAGGLE_CONFIG_DIR'): return Path(os.environ['KAGGLE_CONFIG_DIR']).expanduser()
-    home = Path('~/.kaggle').expanduser()
-    if home.exists() or not sys.platform.startswith('linux'): return home
-    return Path(os.environ.get('XDG_CONFIG_HOME') or Path('~/.config').expanduser())/'kaggle'
-
-def _cred_help():
-    return ("The kaggle client looks for, in this order:\n"
-            "  - an API token: the KAGGLE_API_TOKEN environment variable, or the file ~/.kaggle/access_token\n"
-            f"  - a legacy key: the KAGGLE_USERNAME and KAGGLE_KEY environment variables, or {kaggle_config_dir()/'kaggle.json'}\n"
-            "    ($KAGGLE_CONFIG_DIR/kaggle.json if that is set, else ~/.kaggle/kaggle.json, or ~/.config/kaggle/kaggle.json\n"
-            "    on Linux when ~/.kaggle does not exist)\n"
-            "  - an OAuth login: ~/.kaggle/credentials.json, written by `kaggle auth login`\n"
-            "Create a token at https://www.kaggle.com/settings (API > Create New Token) and save it in one of these places, "
-            "or set the variables; in a Kaggle notebook, add them as Kaggle secrets and set the variables from them.")
-
-def find_kaggle_credentials()->str:
-    "Where the Kaggle client will find credentials; raises `KaggleCredentialsError` listing where it looks if nowhere."
-    found = kaggle_credentials()
-    if found: return str(found)
-    for f in (kaggle_config_dir()/'kaggle.json', Path('~/.kaggle/access_token').expanduser(),
-              Path('~/.kaggle/access_token.txt').expanduser(), Path('~/.kaggle/credentials.json').expanduser()):
-        if f.exists(): return str(f)
-    raise KaggleCredentialsError("No Kaggle credentials found. " + _cred_help())
 
 def kaggle_username()->str|None:
     "Your Kaggle username from `$KAGGLE_USERNAME` or `kaggle.json`, if either gives it."
@@ -118,61 +84,13 @@ def kaggle_username()->str|None:
     except (OSError, ValueError, AttributeError): return None
 
 # %% ../nbs/07_kaggle.ipynb #ff922649
-_ENV_FLAGS = {'LOCALHOST': '--local', 'STAGING': '--staging', 'ADMIN': '--admin'}
-
-def kaggle_endpoint()->str:
-    "The Kaggle API the client will call, from `$KAGGLE_API_ENVIRONMENT` (with the proxy, if one is set)."
-    env = os.environ.get('KAGGLE_API_ENVIRONMENT', 'PROD')
-    url = {'LOCALHOST': 'http://localhost', 'STAGING': 'https://staging.kaggle.com',
-           'ADMIN': 'https://admin.kaggle.com'}.get(env, 'https://api.kaggle.com')
-    proxy = os.environ.get('https_proxy' if url.startswith('https') else 'http_proxy') or \
-            os.environ.get('HTTPS_PROXY' if url.startswith('https') else 'HTTP_PROXY')
-    return f"{url} (through the proxy {proxy})" if proxy else url
-
-@contextlib.contextmanager
-def _exit_raises():
-    "Make the client's bare `exit(n)` raise `SystemExit`, also where IPython removed or replaced the `exit` builtin."
-    import builtins
-    had, old = hasattr(builtins, 'exit'), getattr(builtins, 'exit', None)
-    def _exit(code=None): raise SystemExit(code)
-    builtins.exit = _exit
-    try: yield
-    finally:
-        if had: builtins.exit = old
-        else: del builtins.exit
-
-def kaggle_api():
-    "A new, authenticated `KaggleApi` (the real client) that uses the credentials and server of the environment now."
-    where = find_kaggle_credentials()
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out): from kaggle.api.kaggle_api_extended import KaggleApi
-    except (SystemExit, ImportError, OSError) as e:
-        raise KaggleError(f"The kaggle client could not be imported ({type(e).__name__}: {e}). Install it: "
-                          f"`pip install kaggle six`.") from e
-    api = KaggleApi()
-    api.config_dir = str(kaggle_config_dir())
-    api.config = str(kaggle_config_dir()/'kaggle.json')
-    flag = _ENV_FLAGS.get(os.environ.get('KAGGLE_API_ENVIRONMENT', ''))
-    api.args = [flag] if flag else []
-    try:
-        with contextlib.redirect_stdout(out), _exit_raises(): api.authenticate()
-    except SystemExit:
-        raise KaggleCredentialsError(f"Kaggle credentials were found ({where}) but the kaggle client could not "
-                                     f"authenticate with them: check they are complete (username and key) and current. "
-                                     + _cred_help()) from None
-    except Exception as e:
-        raise KaggleUnreachableError(f"Authenticating with Kaggle at {kaggle_endpoint()} failed ({type(e).__name__}: "
-                                     f"{e}). Check your connection and retry.") from e
-    return api
-
 @contextlib.contextmanager
 def _kaggle_errors(what:str, kept:str=''):
     "Turn the client's exceptions while doing `what` into `KaggleError`s that also say what was `kept` locally."
     import requests
     keep = f" Nothing local was lost: {kept}." if kept else ''
     try:
-        with _exit_raises(): yield
+        with exit_raises(): yield
     except requests.exceptions.HTTPError as e:
         code = getattr(e.response, 'status_code', None)
         if code in (401, 403):

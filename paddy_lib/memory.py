@@ -14,13 +14,14 @@ from fastcore.all import L
 from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastai.vision.all import Resize
-from .data import PaddyError, paddy_data, paddy_dls, read_paddy_csv
+from .core import PaddyError, is_oom, device_name
+from .data import paddy_data, paddy_dls, read_paddy_csv
 from .training import train
 
 # %% auto #0
 __all__ = ['MiB', 'HWM_OK', 'GPU_BUDGETS', 'KAGGLE_GPU_MIB', 'rss_mib', 'collect', 'report_gpu', 'peak_memory', 'free_learner',
-           'device_name', 'probe_folder', 'measure', 'plot_peaks', 'saved_activations', 'memory_anatomy', 'BudgetError',
-           'AccumChoice', 'default_budget', 'hold_to_budget', 'find_accum', 'MemoryBudget']
+           'probe_folder', 'measure', 'plot_peaks', 'saved_activations', 'memory_anatomy', 'BudgetError', 'AccumChoice',
+           'default_budget', 'hold_to_budget', 'find_accum', 'MemoryBudget']
 
 # %% ../nbs/03_memory.ipynb #7526b097
 MiB = 2**20
@@ -226,22 +227,6 @@ class _GradCkpt(Callback):
             raise PaddyError(f"{type(m).__name__} has no `set_grad_checkpointing`: gradient checkpointing needs a timm model.")
         m.set_grad_checkpointing(True)
 
-def _is_oom(e:BaseException) -> bool:
-    "Is `e` an out-of-memory error: CUDA's, or a failed CPU allocation?"
-    if isinstance(e, (torch.OutOfMemoryError, MemoryError)): return True
-    return isinstance(e, RuntimeError) and any(s in str(e) for s in ('out of memory', "can't allocate memory"))
-
-def device_name(device=None) -> str:
-    "The GPU's name, or the CPU's model and core count: what results are labelled with."
-    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if dev.type == 'cuda': return torch.cuda.get_device_name(dev)
-    name = platform.processor() or platform.machine()
-    try:
-        for l in open('/proc/cpuinfo'):
-            if l.startswith('model name'): name = l.split(':', 1)[1].strip(); break
-    except OSError: pass
-    return f"CPU: {name} ({os.cpu_count()} cores)"
-
 def probe_folder(path:str|Path,       # dataset root
                  n_items:int,         # training images the probe needs
                  valid_pct:float=0.2, # share held out for validation
@@ -290,9 +275,9 @@ def measure(arch:str,                    # timm model name (the seed's names wor
                              n_batches=n_batches, return_learner=True, dls=dls, cbs=cbs, **kwargs)
             free_learner(learn); del learn
     except Exception as e:
-        if not _is_oom(e): raise
+        if not is_oom(e): raise
         lines = [l.strip() for l in str(e).splitlines() if l.strip()] or ['']
-        oom = f"{type(e).__name__}: {next((l for l in lines if _is_oom(RuntimeError(l))), lines[0])[:200]}"
+        oom = f"{type(e).__name__}: {next((l for l in lines if is_oom(RuntimeError(l))), lines[0])[:200]}"
     if oom:  # out of the `except` block: until here its traceback held the failed run's tensors
         for cb in cbs: cb.learn = None  # the callbacks (some the caller's, reused) would keep the failed learner alive
         collect()

@@ -7,7 +7,8 @@ from torch import nn
 from fastai.basics import Learner, DataLoaders, DataLoader, Adam, MSELossFlat
 import paddy_lib.memory as pm_mod
 from paddy_lib.memory import (MiB, peak_memory, rss_mib, collect, free_learner, report_gpu, find_accum, BudgetError,
-                              AccumChoice, _accums, _is_oom, HWM_OK)
+                              AccumChoice, _accums, HWM_OK)
+from paddy_lib.core import is_oom
 from paddy_lib.data import PaddyError
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -35,13 +36,13 @@ def test_peak_memory_bad_device():
     if not torch.cuda.is_available():
         with pytest.raises(PaddyError, match='CUDA is not available'): peak_memory('cuda')
 
-def test_is_oom():
+def testis_oom():
     try: torch.empty(2**48, dtype=torch.uint8)  # 256 TiB: more than any machine maps
-    except RuntimeError as e: assert _is_oom(e)
+    except RuntimeError as e: assert is_oom(e)
     else: pytest.fail('a 256 TiB allocation succeeded')
-    assert _is_oom(torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB'))
-    assert _is_oom(MemoryError())
-    assert not _is_oom(RuntimeError('mat1 and mat2 shapes cannot be multiplied')) and not _is_oom(ValueError('x'))
+    assert is_oom(torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB'))
+    assert is_oom(MemoryError())
+    assert not is_oom(RuntimeError('mat1 and mat2 shapes cannot be multiplied')) and not is_oom(ValueError('x'))
 
 def test_accums():
     assert _accums(64, 2) == [1, 2, 4, 8, 16, 32]
