@@ -20,7 +20,7 @@ Sections (one CSV each, every row labelled with the device, torch/timm/fastai ve
               accum 1, 2, 4 (and 8): peak MiB (CUDA context + the allocator's peak reserved, what nvidia-smi shows),
               the allocator's peak allocated, items/s; and the peak-vs-items line `find_accum` fits on two probes
               (limit=False, as the table is unheld), predicted against measured at each accum.
-  find_accum  the seed's eight members (`SEED_CONFIGS`) and its two probes (convnext_large at 224 and (320,240)) under
+  find_accum  the seed's eight members (`FULL_CONFIGS`) and its two probes (convnext_large at 224 and (320,240)) under
               each budget: the pick, predicted vs measured peak, probes, seconds; the peaks at accum 2 and 1 (measured
               where a probe ran, else the line's), so whether "accum=2 for every case" holds. A member whose GPU batch
               is an earlier one's (only its item transform differs, and that runs on the CPU) is not searched again:
@@ -55,11 +55,11 @@ def slug(s): return re.sub(r'[^a-z0-9]+', '-', s.lower()).strip('-')
 def config(smoke):
     "What the run measures: the seed's models at full size, or tiny timm models on small images (--smoke)."
     from fastai.vision.all import Resize
-    from paddy_lib.ensemble import Member, SEED_CONFIGS
+    from paddy_lib.ensemble import Member, FULL_CONFIGS
     if not smoke:
         return dict(eff_bs=64, demo=dict(n_train=1000, n_test=8, size=(480, 640)), grad_items=512,
                     table=('convnext_small_in22k', 128, Resize(480, method='squish'), (1, 2, 4, 8)),
-                    configs=[(f'member {i}', m) for i, m in enumerate(SEED_CONFIGS, 1)]
+                    configs=[(f'member {i}', m) for i, m in enumerate(FULL_CONFIGS, 1)]
                             + [('seed probe 1', Member('convnext_large_in22k', ('squish', 480), 224)),
                                ('seed probe 2', Member('convnext_large_in22k', ('squish', 480), (320, 240)))],
                     close_arch='vit_large_patch16_224', anatomy=(Member('vit_large_patch16_224', ('squish', 480), 224), 2))

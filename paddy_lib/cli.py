@@ -105,8 +105,8 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
     import torch
     if threads: torch.set_num_threads(threads)
     from paddy_lib.data import check_paddy
-    from paddy_lib.ensemble import SEED_CONFIGS, load_members, run_ensemble
-    members = load_members(configs) if configs else SEED_CONFIGS
+    from paddy_lib.ensemble import FULL_CONFIGS, load_members, run_ensemble
+    members = load_members(configs) if configs else FULL_CONFIGS
     path = chosen_dataset(path)
     if check: check_paddy(path)
     run = run_ensemble(members, path, out, epochs=epochs, budget_mib=budget_mib, holdout_pct=holdout_pct,

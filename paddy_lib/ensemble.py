@@ -1,4 +1,4 @@
-"""Many models, each with TTA, averaged with real weights, measured against one shared hold-out, saved as each one finishes so a crash loses nothing, and written as a submission that is checked before it leaves.
+"""Several timm models with TTA, weighted, resumable, submitted
 
 Docs: https://paddy-lib.github.io/paddy_lib/ensemble.html.md"""
 
@@ -6,8 +6,8 @@ Docs: https://paddy-lib.github.io/paddy_lib/ensemble.html.md"""
 
 # %% ../nbs/06_ensemble.ipynb #3f34ac2e
 from __future__ import annotations
-import os, sys, json, time, hashlib, tempfile, datetime, numbers, contextlib, enum, functools, types
-from dataclasses import dataclass, field, asdict
+import os, sys, json, time, hashlib, tempfile, datetime, numbers, contextlib, enum, functools, types, traceback, socket
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd, psutil, shutil, torch
 from fastcore.all import L
@@ -16,23 +16,22 @@ from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import set_seed
 from fastcore.basics import noop
 import fastprogress.fastprogress as _fp
-from fastai.vision.all import Resize, ResizeMethod
+from fastai.vision.all import Resize
 from .core import PaddyError, is_oom, device_name
 from .data import paddy_data, default_pretrained, get_test_files, check_submission, read_paddy_csv
 from .training import paddy_learner, timm_arch, check_weights, fit_recipe, recipe_note
 from .memory import (peak_memory, free_learner, find_accum, hold_to_budget, default_budget, MemoryBudget, BudgetError)
 
 # %% auto #0
-__all__ = ['SEED_CONFIGS', 'DEMO_CONFIGS', 'DEMO_EPOCHS', 'Member', 'as_member', 'load_members', 'members_from_dict',
-           'ensemble_preds', 'atomic_write', 'write_submission', 'holdout_ids', 'HoldoutSplitter', 'image_fingerprint',
-           'data_fingerprint', 'stable_repr', 'member_key', 'member_file', 'save_member', 'load_member', 'EpochLog',
-           'EnsembleRun', 'run_ensemble']
+__all__ = ['FULL_CONFIGS', 'DEMO_CONFIGS', 'DEMO_EPOCHS', 'Member', 'load_members', 'members_from_dict', 'ensemble_preds',
+           'atomic_write', 'write_submission', 'holdout_ids', 'HoldoutSplitter', 'load_member', 'EnsembleRun',
+           'run_ensemble']
 
 # %% ../nbs/06_ensemble.ipynb #a8b3a203
 _METHODS = ('squish', 'crop', 'pad')
 
 def _size(x, what):
-    "An image size as an int (a square, so `(480, 480)` is 480) or an (h, w) tuple of ints."
+    "An image size: an int (a square) or an (h, w) pair of positive ints."
     if isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(o, numbers.Integral) and o > 0 for o in x):
         return int(x[0]) if x[0] == x[1] else tuple(int(o) for o in x)
     if isinstance(x, numbers.Integral) and not isinstance(x, bool) and x > 0: return int(x)
@@ -42,76 +41,65 @@ def _fmt(s): return f'{s[0]}x{s[1]}' if isinstance(s, tuple) else str(s)
 
 @dataclass
 class Member:
-    "One model of an ensemble as data: what `train` needs to make it, and its weight in the average."
-    arch:str                                  # timm model name (the seed's old names work too)
-    item:tuple=('squish', 480)                # item transform as (method, size): `Resize(size, method=method)`
+    "One model of an ensemble: what `train` needs, and its weight."
+    arch:str                                  # timm model name
+    item:tuple=('squish', 480)                # item transform (method, size): `Resize(size, method=method)`
     size:int|tuple=224                        # training size after the batch augmentations
     weight:float=1.                           # weight in the ensemble's average
     accum:int|None=None                       # micro-batches per optimizer step (None: `find_accum` under the budget)
     kwargs:dict=field(default_factory=dict)   # more arguments for the timm model (e.g. `img_size` for a ViT)
 
     def __post_init__(self):
-        if not isinstance(self.arch, str) or not self.arch: raise PaddyError(f"Member(arch={self.arch!r}): the arch is a timm model name, e.g. 'convnext_small'.")
-        it = self.item
+        it, w, a = self.item, self.weight, self.accum
+        if not isinstance(self.arch, str) or not self.arch or not isinstance(self.kwargs, dict):
+            raise PaddyError(f"Member({self.arch!r}, kwargs={self.kwargs!r}): arch is a timm model name, kwargs a dict.")
         if not (isinstance(it, (list, tuple)) and len(it) == 2 and it[0] in _METHODS):
-            raise PaddyError(f"Member(item={it!r}) for {self.arch}: the item transform is (method, size) with method one of "
-                             f"{', '.join(_METHODS)}, e.g. ('squish', 480) or ('crop', (640, 480)).")
-        self.item = (it[0], _size(it[1], 'item size'))
-        self.size = _size(self.size, 'size')
-        if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real) or not self.weight > 0:
-            raise PaddyError(f"Member(weight={self.weight!r}) for {self.arch}: a weight is a positive number.")
-        self.weight = float(self.weight)
-        if self.accum is not None and (isinstance(self.accum, bool) or not isinstance(self.accum, numbers.Integral) or self.accum < 1):
-            raise PaddyError(f"Member(accum={self.accum!r}) for {self.arch}: accum is a positive int (1, 2, 4, ...) or None.")
-        if not isinstance(self.kwargs, dict): raise PaddyError(f"Member(kwargs={self.kwargs!r}): a dict of timm arguments.")
+            raise PaddyError(f"Member(item={it!r}): use (method, size), method one of {', '.join(_METHODS)}, e.g. ('squish', 480).")
+        self.item, self.size = (it[0], _size(it[1], 'item size')), _size(self.size, 'size')
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not w > 0:
+            raise PaddyError(f"Member(weight={w!r}) for {self.arch}: a weight is a positive number.")
+        self.weight = float(w)
+        if a is not None and (isinstance(a, bool) or not isinstance(a, numbers.Integral) or a < 1):
+            raise PaddyError(f"Member(accum={a!r}) for {self.arch}: accum is a positive int (1, 2, 4, ...) or None.")
 
     @property
-    def resize(self)->Resize:
-        "The item transform, as fastai's `Resize`."
-        return Resize(self.item[1], method=self.item[0])
+    def resize(self)->Resize: return Resize(self.item[1], method=self.item[0])
     @property
-    def name(self)->str:
-        "A short name for tables: arch, preprocessing, size."
-        return f"{self.arch} {self.item[0]} {_fmt(self.item[1])} @{_fmt(self.size)}"
+    def name(self)->str: return f"{self.arch} {self.item[0]} {_fmt(self.item[1])} @{_fmt(self.size)}"
     def spec(self)->dict:
-        "What makes the model (everything but the weight), as JSON-able data."
+        "Everything that makes the model (not its weight), as JSON-able data."
         return dict(arch=self.arch, item=[self.item[0], self.item[1]], size=self.size, accum=self.accum, kwargs=self.kwargs)
 
-# %% ../nbs/06_ensemble.ipynb #7ab361d2
+def load_members(fn:str|Path)->list:
+    "Read an ensemble's members from a JSON or YAML file."
+    fn = Path(fn)
+    if not fn.exists(): raise PaddyError(f"{fn} does not exist: pass a JSON or YAML file listing the members.")
+    try:
+        if fn.suffix.lower() in ('.yaml', '.yml'):
+            import yaml
+            data = yaml.safe_load(fn.read_text())
+        else: data = json.loads(fn.read_text())
+    except Exception as e: raise PaddyError(f"{fn} is not valid {fn.suffix.lstrip('.').upper() or 'JSON'}: {e}") from None
+    if isinstance(data, dict) and 'members' in data: data = data['members']
+    if not isinstance(data, list) or not data:
+        raise PaddyError(f'{fn} should hold a non-empty list of members, e.g. [{{"arch": "resnet18", "item": ["squish", 96], "size": 64}}]')
+    return [as_member(c) for c in data]
+
+# %% ../nbs/06_ensemble.ipynb #b124b4f1
 def as_member(c)->Member:
     "A `Member` from a `Member`, a dict of its fields, or an `(arch, item, size[, weight])` tuple."
     if isinstance(c, Member): return c
     if isinstance(c, dict):
         bad = set(c) - set(Member.__dataclass_fields__)
-        if bad: raise PaddyError(f"Unknown member field(s) {', '.join(sorted(bad))} in {c}: a member has "
-                                 f"{', '.join(Member.__dataclass_fields__)}.")
-        if 'arch' not in c: raise PaddyError(f"A member needs an 'arch': {c}")
+        if bad or 'arch' not in c: raise PaddyError(f"Unknown member field(s) {', '.join(sorted(bad)) or '(no arch)'} in {c}: "
+                                                    f"a member has {', '.join(Member.__dataclass_fields__)}.")
         return Member(**c)
     if isinstance(c, (list, tuple)) and 1 <= len(c) <= 6: return Member(*c)
-    raise PaddyError(f"Can't make an ensemble member from {c!r}: use a Member, a dict like "
-                     "{'arch': 'resnet18', 'item': ['squish', 480], 'size': 224}, or a tuple (arch, item, size).")
+    raise PaddyError(f"Can't make an ensemble member from {c!r}: use a Member, a dict of its fields, or (arch, item, size).")
 
-def load_members(fn:str|Path, # a JSON or YAML file holding a list of members (dicts)
-                )->list:      # the `Member`s
-    "Read an ensemble's members from a JSON or YAML file."
-    fn = Path(fn)
-    if not fn.exists(): raise PaddyError(f"{fn} does not exist: pass a JSON or YAML file listing the members.")
-    txt = fn.read_text()
-    try:
-        if fn.suffix.lower() in ('.yaml', '.yml'):
-            import yaml
-            data = yaml.safe_load(txt)
-        else: data = json.loads(txt)
-    except Exception as e: raise PaddyError(f"{fn} is not valid {fn.suffix.lstrip('.').upper() or 'JSON'}: {e}") from None
-    if isinstance(data, dict) and 'members' in data: data = data['members']
-    if not isinstance(data, list) or not data:
-        raise PaddyError(f"{fn} should hold a non-empty list of members (or {{'members': [...]}}), e.g. "
-                         '[{"arch": "resnet18", "item": ["squish", 96], "size": 64, "weight": 1}]')
-    return [as_member(c) for c in data]
-
-# %% ../nbs/06_ensemble.ipynb #0a5ff45c
-_RES = (640, 480)  # the seed's `res`: Resize((640,480)) crops the 480×640 photos' centre to 640×480 (h×w)
-SEED_CONFIGS = [
+# %% ../nbs/06_ensemble.ipynb #1ef40353
+_RES = (640, 480)  # Road to the Top's `res`, (h, w): the photos' own size, so `Resize(res)` keeps a photo whole
+FULL_CONFIGS = [
     Member('convnext_large_in22k', ('crop', _RES), 224),
     Member('convnext_large_in22k', ('crop', _RES), (320, 224)),
     Member('vit_large_patch16_224', ('squish', 480), 224, weight=2),
@@ -122,11 +110,10 @@ SEED_CONFIGS = [
     Member('swin_large_patch4_window7_224', ('crop', _RES), 224),
 ]
 
-# %% ../nbs/06_ensemble.ipynb #27c4164a
-def members_from_dict(models:dict,            # the seed's form: {arch: {(Resize(...), size), ...}}
+def members_from_dict(models:dict,            # Road to the Top's form: {arch: {(Resize(...), size), ...}}
                       weights:dict|None=None, # {arch: weight} for archs that don't weigh 1
                      )->list:                 # `Member`s, in the dict's order (each set's items sorted)
-    "Members from the seed's `models` dict of archs to sets of `(item transform, size)`."
+    "Members from Road to the Top's dict of archs to sets of `(Resize, size)`."
     res = []
     for arch, details in models.items():
         ms = []
@@ -136,37 +123,33 @@ def members_from_dict(models:dict,            # the seed's form: {arch: {(Resize
         res += sorted(ms, key=lambda m: m.name)
     return res
 
-# %% ../nbs/06_ensemble.ipynb #a4fba818
-_DEMO_RES = (128, 96)  # the demo photos are 96×128 (w×h): the seed's (640,480) scaled by 1/5
+# %% ../nbs/06_ensemble.ipynb #7ab361d2
+_DEMO_RES = (128, 96)  # (h, w) of the demo photos: the real (640, 480) scaled by 1/5
 DEMO_CONFIGS = [
     Member('resnet18', ('squish', 96), 64, weight=2, accum=2),
     Member('resnet18', ('crop', _DEMO_RES), 64, weight=2, accum=2),
     Member('resnet10t', ('squish', 96), 64, accum=2),
     Member('resnet10t', ('crop', _DEMO_RES), 64, accum=2),
 ]
-DEMO_EPOCHS = 8  # epochs per demo member: enough for each to reach about 5% hold-out error (measured below)
+DEMO_EPOCHS = 8  # epochs per demo member: each reaches under 20% hold-out error (measured below)
 
-# %% ../nbs/06_ensemble.ipynb #d98918b8
-def ensemble_preds(preds:list,           # each member's predictions (n_items × n_classes), or `(preds, targs)` as `tta` returns
-                   weights:list|None=None, # one positive weight per member (None: all equal, the plain average)
-                  )->torch.Tensor:       # the weighted mean of the members' predictions
-    "The weighted mean of the members' predictions: the seed's ensemble, with weights instead of duplicated list items."
-    ps = [p[0] if isinstance(p, (tuple, list)) else p for p in preds]
+# %% ../nbs/06_ensemble.ipynb #301ad50d
+def ensemble_preds(preds:list,             # each member's predictions, or `(preds, targs)` as `tta` returns
+                   weights:list|None=None, # one positive weight per member (None: the plain mean)
+                  )->torch.Tensor:
+    "The weighted mean of the members' predictions."
+    ps = [torch.as_tensor(p[0] if isinstance(p, (tuple, list)) else p).float() for p in preds]
     if not ps: raise PaddyError("ensemble_preds: no predictions to average (no member finished?).")
-    ps = [torch.as_tensor(p).float() for p in ps]
-    shapes = {tuple(p.shape) for p in ps}
-    if len(shapes) > 1: raise PaddyError(f"ensemble_preds: the members' predictions have different shapes {sorted(shapes)}: "
-                                         "they must cover the same items, in the same order, with the same classes.")
+    if len({p.shape for p in ps}) > 1: raise PaddyError(f"ensemble_preds: the members' predictions have different shapes "
+                                                        f"{sorted({tuple(p.shape) for p in ps})}: they must cover the same items.")
     w = torch.ones(len(ps)) if weights is None else torch.as_tensor([float(o) for o in weights])
-    if len(w) != len(ps): raise PaddyError(f"ensemble_preds: {len(w)} weights for {len(ps)} members: give one weight per member.")
-    if not (w > 0).all(): raise PaddyError(f"ensemble_preds: weights must be positive, got {w.tolist()}.")
+    if len(w) != len(ps) or not (w > 0).all():
+        raise PaddyError(f"ensemble_preds: {len(w)} weights for {len(ps)} members: give one positive weight per member.")
     return (torch.stack(ps) * (w/w.sum())[:, None, None]).sum(0)
 
-# %% ../nbs/06_ensemble.ipynb #d019162d
-def atomic_write(dest:str|Path, # the file to (re)place
-                 write,         # `write(f)` writes the content to the open binary file `f`
-                )->Path:
-    "Write `dest` all at once: into a temporary file beside it, flushed to disk, then renamed over `dest`."
+# %% ../nbs/06_ensemble.ipynb #e03de655
+def atomic_write(dest:str|Path, write)->Path:
+    "Write `dest` with `write(f)` into a temporary file beside it, then rename it over `dest`."
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent)
@@ -183,42 +166,33 @@ def write_submission(probs:torch.Tensor,     # ensemble probabilities: one row p
                      vocab:list,             # the labels, in the columns' order (`dls.vocab`)
                      path:str|Path,          # the dataset root: its test images and sample_submission.csv
                      dest:str|Path='submission.csv', # where to write the CSV
-                     ids:list|None=None,     # the image ids of `probs`' rows (default: the sorted test files, as `train` predicts them)
+                     ids:list|None=None,     # the image ids of `probs`' rows (default: the sorted test files)
                     )->pd.DataFrame:         # the submission as written, in sample_submission's order
-    "Label each test image with its most probable class and write `image_id,label` rows in sample_submission's order."
+    "Label each test image by its most probable class; write a checked CSV in sample_submission's order."
     path = Path(path)
-    if ids is None: ids = [f.name for f in get_test_files(path)]
-    ids = [Path(str(i)).name for i in ids]
+    ids = [Path(str(i)).name for i in (ids if ids is not None else get_test_files(path))]
     probs = torch.as_tensor(probs)
-    if probs.ndim != 2 or len(probs) != len(ids):
-        raise PaddyError(f"write_submission: {tuple(probs.shape)} probabilities for {len(ids)} test images: "
-                         "one row per test image, in the order of `ids`.")
-    if probs.shape[1] != len(vocab):
-        raise PaddyError(f"write_submission: {probs.shape[1]} columns of probabilities for a vocab of {len(vocab)} labels.")
+    if probs.ndim != 2 or probs.shape != (len(ids), len(vocab)):
+        raise PaddyError(f"write_submission: probabilities of shape {tuple(probs.shape)} for {len(ids)} test images and "
+                         f"{len(vocab)} labels: one row per test image (in the order of `ids`), one column per label.")
     labels = np.array([str(v) for v in vocab])[probs.argmax(1).numpy()]
     sub = check_submission(pd.DataFrame({'image_id': ids, 'label': labels}), path)
     atomic_write(dest, lambda f: sub.to_csv(f, index=False))
     return sub
 
-# %% ../nbs/06_ensemble.ipynb #99d47832
+# %% ../nbs/06_ensemble.ipynb #41d778ca
 def _unit_hash(s:str, seed) -> float:
     "A stable pseudo-random number in [0, 1) for the string `s`."
     return int(hashlib.sha1(f'{seed}:{s}'.encode()).hexdigest()[:12], 16) / 16**12
 
-def holdout_ids(path:str|Path,    # the dataset root (its train.csv)
-                pct:float=0.2,    # share of the training images to hold out
-                seed:int=42,      # the hash's seed: another seed, another hold-out
-               )->list:           # the held-out image ids, sorted
-    "The training images every member of an ensemble leaves out, chosen by a seeded hash of their `image_id`."
+def holdout_ids(path:str|Path, pct:float=0.2, seed:int=42)->list:
+    "The training image ids every member leaves out: a `pct` share, chosen by a seeded hash of each id."
     if not 0 < pct < 1: raise PaddyError(f"holdout pct={pct!r}: a share of the training images, between 0 and 1 (e.g. 0.2).")
     ids = read_paddy_csv(Path(path)/'train.csv', usecols=['image_id'], dtype=str).image_id
     return sorted(i for i in ids if _unit_hash(i, seed) < pct)
 
-def HoldoutSplitter(holdout,                 # image ids (file names) that go to neither side
-                    valid_pct:float=0.2,     # share of the remaining images for validation
-                    seed:int|None=None,      # seed of the random split (None: a new split each call, like the seed's)
-                   ):
-    "A fastai splitter: a random train/valid split of the items whose file name is not in `holdout`."
+def HoldoutSplitter(holdout, valid_pct:float=0.2, seed:int|None=None):
+    "A random train/valid split (seeded, or torch's RNG) of the items whose file name is not in `holdout`."
     holdout = set(map(str, holdout))
     def _inner(items):
         keep = np.array([i for i, o in enumerate(items) if Path(o).name not in holdout])
@@ -227,11 +201,9 @@ def HoldoutSplitter(holdout,                 # image ids (file names) that go to
         return L(perm[cut:].tolist()), L(perm[:cut].tolist())
     return _inner
 
-# %% ../nbs/06_ensemble.ipynb #f8e5eb85
-def image_fingerprint(path:str|Path, # the dataset root: its train_images/ and test_images/
-                      n_sample:int=64,  # files whose bytes are hashed too, spread evenly over the sorted list
-                     )->str:
-    "A short hash of the image files: every name and size, and the bytes of a fixed sample (stable across copies and mtimes)."
+# %% ../nbs/06_ensemble.ipynb #0a5ff45c
+def image_fingerprint(path:str|Path, n_sample:int=64)->str:
+    "A short hash of the image files: every name and size, and the bytes of `n_sample` of them."
     path = Path(path)
     files = sorted(f for d in ('train_images', 'test_images') for f in (path/d).rglob('*') if f.is_file())
     h = hashlib.sha1()
@@ -240,7 +212,7 @@ def image_fingerprint(path:str|Path, # the dataset root: its train_images/ and t
     return h.hexdigest()[:16]
 
 def data_fingerprint(path:str|Path)->str:
-    "A short hash of a dataset: `train.csv`, `sample_submission.csv` (which images, which labels) and the images themselves."
+    "A short hash of a dataset: `train.csv`, `sample_submission.csv` and the images."
     h = hashlib.sha1()
     for n in ('train.csv', 'sample_submission.csv'): h.update((Path(path)/n).read_bytes())
     h.update(image_fingerprint(path).encode())
@@ -248,10 +220,8 @@ def data_fingerprint(path:str|Path)->str:
 
 _SKIP_ATTRS = ('learn',)  # a used callback's learner: not what the callback is
 
-def stable_repr(v,                # the value: plain data, a function or class, a loss, a callback, ...
-                what:str='value', # how to name it in an error
-                _depth:int=0):
-    "`v` as JSON-able data that is the same in every process, for a member's key; a `PaddyError` if it has no such form."
+def stable_repr(v, what:str='value', _depth:int=0):
+    "`v` as JSON-able data that is the same in every process; a `PaddyError` if it has none."
     if v is None or isinstance(v, (bool, int, float, str)): return v
     if isinstance(v, (list, tuple, L)): return [stable_repr(o, what, _depth) for o in v]
     if isinstance(v, dict): return {str(k): stable_repr(o, what, _depth) for k, o in v.items()}
@@ -275,39 +245,35 @@ def stable_repr(v,                # the value: plain data, a function or class, 
             if not k.startswith('_') and k not in _SKIP_ATTRS: d[k] = stable_repr(o, f"{what}.{k}", _depth+1)
     return d
 
-def member_key(m:Member, # the member
-               **ctx,    # everything else that decides its result: data, epochs, lr, ...
-              )->str:    # a 16-hex-digit key, stable across runs and machines
-    "A stable hash of what makes a member's result: its spec (not its weight) and `ctx`."
+def member_key(m:Member, **ctx)->str:
+    "A 16-hex-digit hash of what makes a member's result: its spec (not its weight) and `ctx`."
     s = json.dumps(stable_repr(dict(member=m.spec(), **ctx), f'{m.name}'), sort_keys=True)
     return hashlib.sha1(s.encode()).hexdigest()[:16]
 
 def member_file(out_dir:str|Path, m:Member, key:str)->Path:
-    "Where a member's predictions and record live: `<out_dir>/members/<arch>-<key>.pt`."
+    "Where a member's result lives: `<out_dir>/members/<arch>-<key>.pt`."
     return Path(out_dir)/'members'/f"{m.arch.replace('/', '_')}-{key}.pt"
 
-def save_member(res:dict, fn:str|Path)->Path:
-    "Save a member's result (record, predictions, ids) to `fn`, atomically."
-    return atomic_write(fn, lambda f: torch.save(res, f))
+def save_member(res:dict, fn:str|Path)->Path: return atomic_write(fn, lambda f: torch.save(res, f))
 
+# %% ../nbs/06_ensemble.ipynb #848232f2
 def load_member(fn:str|Path)->dict:
-    "Load a member's result saved by `save_member` (tensors, lists and plain values only)."
+    "Load a member's result (record, predictions, ids) saved by `run_ensemble`."
     return torch.load(fn, weights_only=True)
 
-# %% ../nbs/06_ensemble.ipynb #a0be857b
+# %% ../nbs/06_ensemble.ipynb #27c4164a
 def _err(preds, targs)->float: return (preds.argmax(1) != targs).float().mean().item()
 
 def _is_bad_image(e:BaseException)->bool:
-    "Is `e` PIL failing on an image file (unreadable, truncated: an `OSError` raised inside PIL), rather than any other error?"
-    import traceback
+    "Is `e` PIL failing to read an image file (an `OSError` raised inside PIL)?"
     return isinstance(e, OSError) and any(f"{os.sep}PIL{os.sep}" in f.filename for f in traceback.extract_tb(e.__traceback__))
 
 def _live_output()->bool:
-    "Is the output a terminal or a notebook, where progress bars redraw in place (rather than a log file, CI, `nohup`)?"
+    "Is the output a terminal or a notebook, where progress bars redraw in place?"
     return _fp.IN_NOTEBOOK or bool(getattr(sys.stdout, 'isatty', lambda: False)())
 
 class EpochLog(Callback):
-    "fastai's table of epochs as plain lines, one per epoch and no progress bars: for output that is a file, not a terminal."
+    "fastai's table of epochs as plain lines, no progress bars: for output that is a file."
     order = ProgressCallback.order
     def before_fit(self):
         self.old, self.widths = self.learn.logger, None
@@ -320,87 +286,91 @@ class EpochLog(Callback):
         print('  '.join(c.ljust(w) for c, w in zip(cells, self.widths)).rstrip(), flush=True)
     def after_fit(self): self.learn.logger = self.old
 
+def _display(learn, progress)->contextlib.ExitStack:
+    "A member's progress: bars (True), nothing (False), None: bars if the output is live, else `EpochLog`."
+    stack, bars = contextlib.ExitStack(), _live_output() if progress is None else progress
+    if not bars: stack.enter_context(learn.no_bar())
+    if progress is False: stack.enter_context(learn.no_logging())
+    elif not bars: stack.enter_context(learn.added_cbs(EpochLog()))
+    return stack
+
 def _holdout_files(path, hold):
     df = read_paddy_csv(Path(path)/'train.csv', usecols=['image_id', 'label'], dtype=str).set_index('image_id')
     return [Path(path)/'train_images'/df.label[i]/i for i in hold]
 
-def _train_member(m, accum, path, hold, hold_files, tst_files, key, epochs, lr, eff_bs, max_accum, pretrained, finetune,
-                  num_workers, cbs, progress, log, budget_mib=None, **kwargs):
-    "Train one member (doubling `accum` on out-of-memory); its result dict, or None if it can't fit."
+def _fit_member(m, accum, retries, path, hold, hold_files, tst_files, key, epochs, lr, eff_bs, pretrained, finetune,
+                num_workers, cbs, progress, budget_mib=None, **kwargs):
+    "Train member `m` once at `accum`, seeded from its key; TTA on the test set and the hold-out."
+    learn, t0 = None, time.perf_counter()
+    set_seed(int(key[:8], 16))  # its own split and initialisation, the same on a re-run
+    budget = [MemoryBudget(budget_mib)] if budget_mib and not torch.cuda.is_available() else []  # CUDA: `hold_to_budget`
+    try:
+        with peak_memory() as pm:
+            learn = paddy_learner(m.arch, m.size, item=m.resize, accum=accum, path=path, eff_bs=eff_bs, pretrained=pretrained,
+                                  splitter=HoldoutSplitter(hold, seed=int(key[8:16], 16)), num_workers=num_workers,
+                                  **m.kwargs, **kwargs, cbs=[*L(cbs), *budget])
+            names = [getattr(o, 'name', '') for o in L(learn.metrics)]
+            if 'error_rate' not in names: raise PaddyError(f"{m.name}: run_ensemble records each member's `error_rate`, but "
+                                                           f"its metrics are {names or 'none'}: keep error_rate among them.")
+            with _display(learn, progress):
+                fit = fit_recipe(learn, epochs, lr, finetune)
+                rec = learn.recorder  # read it now: `tta` clears it. Its names: 'epoch', then the values'
+                valid_error = float(rec.values[-1][rec.metric_names[1:].index('error_rate')])
+                test_preds, _ = learn.tta(dl=learn.dls.test_dl(tst_files))
+                hold_preds, hold_targs = learn.tta(dl=learn.dls.test_dl(hold_files, with_labels=True))
+        vocab = [str(v) for v in learn.dls.vocab]
+    finally:
+        if learn is not None: free_learner(learn)
+    return dict(vocab=vocab, test_ids=[f.name for f in tst_files], test_preds=test_preds.float(),
+                holdout_ids=list(hold), holdout_preds=hold_preds.float(), holdout_targs=hold_targs.long(),
+                record=dict(name=m.name, arch=m.arch, item=f'{m.item[0]} {_fmt(m.item[1])}', size=_fmt(m.size),
+                            accum=int(accum), oom_retries=retries, epochs=epochs, fit=fit, valid_error=valid_error,
+                            holdout_error=_err(hold_preds, hold_targs), peak_mib=float(pm.peak),
+                            minutes=(time.perf_counter()-t0)/60, device=device_name(), key=key,
+                            finished=datetime.datetime.now().isoformat(timespec='seconds')))
+
+def _oom_line(e)->str:
+    "The first sentence of an out-of-memory error: what ran out, and by how much."
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]  # fastai puts the callback's name on a line of its own
+    line = next((l for l in lines if 'memory' in l), lines[0] if lines else '').split('. ')[0].rstrip('.')
+    return f"{type(e).__name__}: {line if len(line) <= 200 else line[:199] + '…'}"
+
+def _train_member(m, accum, path, max_accum, log, **kw):
+    "Train one member, doubling `accum` on out-of-memory; its result dict, or None if it can't fit."
     retries = 0
-    on_cpu = not torch.cuda.is_available()  # where `paddy_learner` trains
     while True:
-        learn, t0 = None, time.perf_counter()
-        try:
-            set_seed(int(key[:8], 16))  # its own split and initialisation, the same on a re-run
-            with peak_memory() as pm:
-                learn = paddy_learner(m.arch, m.size, item=m.resize, accum=accum, path=path, eff_bs=eff_bs,
-                                      splitter=HoldoutSplitter(hold, seed=int(key[8:16], 16)), pretrained=pretrained,
-                                      num_workers=num_workers, **m.kwargs, **kwargs,  # a CPU's budget: checked while training
-                                      cbs=[*L(cbs), *([MemoryBudget(budget_mib)] if budget_mib and on_cpu else [])])
-                names = [getattr(o, 'name', '') for o in L(learn.metrics)]
-                if 'error_rate' not in names:
-                    raise PaddyError(f"{m.name}: run_ensemble records each member's validation `error_rate`, but its learner's "
-                                     f"metrics are {names or 'none'}: keep error_rate among them (e.g. metrics=[error_rate, accuracy]).")
-                with contextlib.ExitStack() as quiet:
-                    bars = _live_output() if progress is None else progress
-                    if not bars: quiet.enter_context(learn.no_bar())
-                    if progress is False: quiet.enter_context(learn.no_logging())
-                    elif not bars: quiet.enter_context(learn.added_cbs(EpochLog()))  # a log file: a plain line per epoch
-                    fit = fit_recipe(learn, epochs, lr, finetune)
-                    rec = learn.recorder  # read it now: `tta` clears the recorder. Its values: train_loss, valid_loss, metrics...
-                    valid_error = float(rec.values[-1][rec.metric_names[1:].index('error_rate')])  # names: 'epoch', then the values'
-                    test_preds, _ = learn.tta(dl=learn.dls.test_dl(tst_files))
-                    hold_preds, hold_targs = learn.tta(dl=learn.dls.test_dl(hold_files, with_labels=True))
-            vocab = [str(v) for v in learn.dls.vocab]
-            free_learner(learn)
-            return dict(vocab=vocab, test_ids=[f.name for f in tst_files], test_preds=test_preds.float(),
-                        holdout_ids=list(hold), holdout_preds=hold_preds.float(), holdout_targs=hold_targs.long(),
-                        record=dict(name=m.name, arch=m.arch, item=f'{m.item[0]} {_fmt(m.item[1])}', size=_fmt(m.size),
-                                    accum=int(accum), oom_retries=retries, epochs=epochs,
-                                    fit=fit, valid_error=valid_error,
-                                    holdout_error=_err(hold_preds, hold_targs), peak_mib=float(pm.peak),
-                                    minutes=(time.perf_counter()-t0)/60, device=device_name(), key=key,
-                                    finished=datetime.datetime.now().isoformat(timespec='seconds')))
+        try: return _fit_member(m, accum, retries, path, **kw)
         except Exception as e:
             if _is_bad_image(e):  # possible only with the data check skipped (`paddy ensemble --no-check`)
                 raise PaddyError(f"{m.name}: an image could not be read while training ({type(e).__name__}: {e}): run "
-                                 f"`paddy check --path {path}` to list every bad image, and fix or remove them; the members "
-                                 "finished so far are saved, so running again resumes.") from None
+                                 f"`paddy check --path {path}` to list the bad images and fix or remove them; running "
+                                 "again resumes from the members saved.") from None
             if not (is_oom(e) or isinstance(e, BudgetError)): raise
-            lines = [l.strip() for l in str(e).splitlines() if l.strip()]  # fastai prefixes the callback's name on a line of its own
-            line = next((l for l in lines if 'memory' in l), lines[0] if lines else '')
-            line = line.split('. ')[0].rstrip('.')  # its first sentence: what ran out, and by how much
-            msg = f"{type(e).__name__}: {line if len(line) <= 200 else line[:199] + '…'}"
-        if learn is not None: free_learner(learn)
-        learn = None
-        if 2*accum > max_accum or eff_bs % (2*accum):
+            msg = _oom_line(e)
+        if 2*accum > max_accum or kw['eff_bs'] % (2*accum):
             log(f"  out of memory at accum={accum} ({msg}); accum={2*accum} is beyond max_accum={max_accum} "
-                f"(eff_bs={eff_bs}): skipping this member")
+                f"(eff_bs={kw['eff_bs']}): skipping this member")
             return None
         log(f"  out of memory at accum={accum} ({msg}): freed, retrying with accum={2*accum}")
         accum, retries = 2*accum, retries+1
 
-# %% ../nbs/06_ensemble.ipynb #17fc8551
+# %% ../nbs/06_ensemble.ipynb #d7676c35
 @dataclass
 class EnsembleRun:
-    "The members of a `run_ensemble`, their results (None where a member couldn't fit), and what the ensemble needs."
+    "A `run_ensemble`'s members, their results (None where one couldn't fit), and the ensemble they make."
     members:list                # the `Member`s, in order
     results:list                # each member's saved result (record, predictions), or None
     status:list                 # 'trained', 'loaded' or 'failed', per member
     out_dir:Path                # where the results live
     path:Path                   # the dataset
-    reasons:dict=field(default_factory=dict) # member number (from 1) -> why it was left out, or why it isn't saved
+    reasons:dict=field(default_factory=dict) # member number (from 1) -> why it was left out, or isn't saved
 
     @property
     def left_out(self)->list:
-        "(number, name, why) of each member that didn't finish: the submission is made without them."
+        "(number, name, why) of each member that didn't finish."
         return [(i, m.name, self.reasons.get(i, '')) for i, (m, r) in enumerate(zip(self.members, self.results), 1) if r is None]
-
     @property
-    def done(self)->list:
-        "(member, result) of the members that finished."
-        return [(m, r) for m, r in zip(self.members, self.results) if r is not None]
+    def done(self)->list: return [(m, r) for m, r in zip(self.members, self.results) if r is not None]
     @property
     def vocab(self)->list: return self._first('vocab')
     @property
@@ -414,22 +384,20 @@ class EnsembleRun:
 
     @property
     def table(self)->pd.DataFrame:
-        "One row per member: how it was made, how it did, and whether this run trained or loaded it."
+        "One row per member: how it was made, how it did, trained or loaded."
         rows = [dict(member=i, **(r['record'] if r else dict(name=m.name, arch=m.arch)), weight=m.weight, status=s)
                 for i, (m, r, s) in enumerate(zip(self.members, self.results, self.status), 1)]
         cols = ['member', 'name', 'weight', 'fit', 'accum', 'oom_retries', 'valid_error', 'holdout_error', 'peak_mib', 'minutes',
                 'status']
         return pd.DataFrame(rows).reindex(columns=cols)
 
-    def probs(self, weighted:bool=True, # the members' weights (False: the plain average)
-              on:str='test',            # 'test' or 'holdout'
-             )->torch.Tensor:
-        "The ensemble's probabilities on the test set or the hold-out."
+    def probs(self, weighted:bool=True, on:str='test')->torch.Tensor:
+        "The ensemble's probabilities on 'test' or 'holdout', weighted or plain."
         ms, rs = zip(*self._need())
         return ensemble_preds([r[f'{on}_preds'] for r in rs], [m.weight for m in ms] if weighted else None)
 
     def holdout_report(self)->pd.DataFrame:
-        "The hold-out error of every finished member, of their plain average, and of their weighted average."
+        "Hold-out error of each finished member and of their plain and weighted averages."
         rows = [dict(model=m.name, weight=m.weight, holdout_error=r['record']['holdout_error']) for m, r in self._need()]
         t = self.holdout_targs
         rows += [dict(model='ensemble: plain average', weight=np.nan, holdout_error=_err(self.probs(False, 'holdout'), t)),
@@ -451,17 +419,17 @@ class EnsembleRun:
         "Write the ensemble's test predictions as a checked submission."
         return write_submission(self.probs(weighted), self.vocab, self.path, dest, ids=self.test_ids)
 
-# %% ../nbs/06_ensemble.ipynb #b03c1def
+# %% ../nbs/06_ensemble.ipynb #d427f106
 def _check_same(res, first, name):
     for k in ('vocab', 'test_ids', 'holdout_ids'):
         if res[k] != first[k]:
-            raise PaddyError(f"{name}: its {k} differ from the first member's, so their predictions can't be averaged. "
-                             "Were members trained on different data? Delete the run's folder (or use another) and run again.")
+            raise PaddyError(f"{name}: its {k} differ from the first member's, so their predictions can't be averaged: "
+                             "use another out_dir for other data.")
 
 def _check_args(members, epochs, budget_mib):
-    "What would fail hours in: epochs, the budget, each member's timm arguments (a model made on the meta device: no memory)."
+    "What would fail hours in: epochs, the budget, each member's timm kwargs (a model made on the meta device)."
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
-        raise PaddyError(f"epochs={epochs!r}: each member trains for a whole number of epochs, at least 1 (the seed's 12).")
+        raise PaddyError(f"epochs={epochs!r}: each member trains for a whole number of epochs, at least 1 (Road to the Top's 12).")
     if budget_mib is not None and (isinstance(budget_mib, bool) or not isinstance(budget_mib, numbers.Real) or not budget_mib > 0):
         raise PaddyError(f"budget_mib={budget_mib!r}: a memory budget is a positive number of MiB (e.g. 15110 for Kaggle's T4), "
                          "or none (no --budget-mib) to use the default.")
@@ -474,15 +442,14 @@ def _check_args(members, epochs, budget_mib):
 
 @contextlib.contextmanager
 def _out_lock(out:Path):
-    "Hold `out` for this run: a second run on this machine stops with a clear line; a dead run's lock (or another machine's: a copied folder) is taken over."
-    import socket
+    "Hold `out` for this run: a live run's lock stops a second one; a dead run's (or another machine's) is taken over."
     lock, me = out/'.lock', f"{socket.gethostname()} {os.getpid()}"
     with contextlib.suppress(OSError): out.mkdir(parents=True, exist_ok=True)
     try:
         host, pid = lock.read_text().split()
         alive = host == socket.gethostname() and int(pid) != os.getpid() and psutil.pid_exists(int(pid))
     except (OSError, ValueError): alive = False  # no lock, or an unreadable one
-    if alive: raise PaddyError(f"Another run (process {pid} on {host}) is using {out}: wait for it to finish, or pass another "
+    if alive: raise PaddyError(f"Another run (process {pid} on {host}) is using {out}: wait for it, or pass another "
                                f"--out (out_dir). If no run is, delete {lock}.")
     try: lock.write_text(me)
     except OSError: yield; return  # a read-only folder: nothing can be trained into it anyway (`_check_out`)
@@ -492,24 +459,23 @@ def _out_lock(out:Path):
             if lock.read_text() == me: lock.unlink()
 
 def _check_out(out:Path, n_todo:int):
-    "Before training: the members' folder can be written, with room for a saved member (the largest already there, or 16 MiB)."
+    "Before training: the members' folder is writable, with room for a member (the largest saved, or 16 MiB)."
     if not n_todo: return  # every member is saved: a read-only folder is fine (Kaggle's /kaggle/input)
     members = out/'members'
     try:
         members.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=members): pass
     except OSError as e:
-        raise PaddyError(f"Can't write to {members} ({e.strerror or e}), where each member is saved as it finishes: pass another "
-                         "--out (out_dir), e.g. under /kaggle/working on Kaggle (/kaggle/input is read-only), with the saved "
-                         "members copied there first: running again resumes from them.") from None
+        raise PaddyError(f"Can't write to {members} ({e.strerror or e}): pass another --out (out_dir), e.g. under "
+                         "/kaggle/working on Kaggle, with the saved members copied there first: running again resumes.") from None
     need = max([f.stat().st_size for f in members.glob('*.pt')] or [16*2**20])
     free = shutil.disk_usage(members).free
     if free < 2*need:
-        raise PaddyError(f"{members} has {free/2**20:,.1f} MiB free, and a member's saved result needs about {need/2**20:,.1f} MiB: "
+        raise PaddyError(f"{members} has {free/2**20:,.1f} MiB free, and a member needs about {need/2**20:,.1f} MiB: "
                          "free some space or pass another --out; running again resumes from the members saved.")
 
-def _save(res, fn, log)->str:
-    "Save a member's result to `fn`; if that fails (disk full, read-only), beside it in the temp folder, and say where."
+def _save(res, fn, log)->str|None:
+    "Save a member's result to `fn`, else to the temp folder, and say where; None if neither can be written."
     try: return str(save_member(res, fn))
     except OSError as e: err = e
     alt = Path(tempfile.gettempdir())/'paddy_lib_unsaved'/fn.name
@@ -520,7 +486,7 @@ def _save(res, fn, log)->str:
     return str(alt) if alt else None
 
 def _saved_for_other_data(out, m, spec, data):
-    "Saved results of the same member (same spec and settings) made from other data: why it trains again."
+    "Files of the same member and settings made from other data: why it trains again."
     hits = []
     for f in sorted((out/'members').glob(f"{m.arch.replace('/', '_')}-*.pt")):
         with contextlib.suppress(Exception):
@@ -528,69 +494,79 @@ def _saved_for_other_data(out, m, spec, data):
             if r.get('spec') == spec and r.get('data') != data: hits.append(f.name)
     return hits
 
-def run_ensemble(configs:list,                 # the members: `Member`s, dicts or tuples (e.g. `SEED_CONFIGS`, `DEMO_CONFIGS`)
+# %% ../nbs/06_ensemble.ipynb #529f03b9
+def _run_ctx(path, epochs, lr, eff_bs, holdout_pct, holdout_seed, pretrained, finetune, cbs, kwargs)->dict:
+    "What every member's key holds besides its spec; a value with no stable form fails here, before any training."
+    ctx = dict(data=data_fingerprint(path), epochs=epochs, lr=lr, eff_bs=eff_bs, holdout=[holdout_pct, holdout_seed],
+               pretrained=pretrained, finetune=finetune, **{k: stable_repr(v, f'run_ensemble({k}=...)') for k, v in kwargs.items()})
+    keyed_cbs = [stable_repr(cb, f'run_ensemble(cbs=[{type(cb).__name__}])') for cb in L(cbs) if getattr(type(cb), 'in_member_key', True)]
+    if keyed_cbs: ctx['cbs'] = keyed_cbs  # (none: the key is what it was before callbacks counted)
+    return ctx
+
+def run_ensemble(configs:list,                 # the members: `Member`s, dicts or tuples (e.g. `FULL_CONFIGS`, `DEMO_CONFIGS`)
                  path:str|Path|None=None,      # dataset root (default: `paddy_data()`)
                  out_dir:str|Path='ensemble_runs', # where each member's result is saved as it finishes
-                 epochs:int=12,                # epochs per member (the seed's 12)
-                 lr:float=0.01,                # learning rate (the seed's)
-                 budget_mib:float|None=None,   # MiB each member may use: `find_accum` picks under it, training is held to it (None: on CUDA `default_budget()`, a T4's 15,110 or a smaller card's total; none on a CPU)
+                 epochs:int=12,                # epochs per member (Road to the Top's 12)
+                 lr:float=0.01,                # learning rate (Road to the Top's)
+                 budget_mib:float|None=None,   # MiB each member may use (None: on CUDA `default_budget()`; none on a CPU)
                  holdout_pct:float=0.2,        # share of the training images held out from every member
                  holdout_seed:int=42,          # which images: the hash's seed
                  eff_bs:int=64,                # items per optimizer step
                  max_accum:int|None=None,      # the largest accum an out-of-memory member is retried with (default: eff_bs//2)
-                 pretrained:bool|None=None,    # pretrained weights (None: `default_pretrained(path)`, False on the demo data, True on any other)
-                 finetune:bool|None=None,      # None: by the weights (`fine_tune` pretrained, `fit_one_cycle` random); True/False: always that
-                 retrain:bool=False,           # train every member again, even if its result is saved
-                 num_workers:int|None=None,    # DataLoader workers (None: 0 on a CPU, where workers take cores from training; fastai's default on a GPU)
-                 progress:bool|None=None,      # fastai's bars (True); none (False); None: bars in a terminal or notebook, else a line per epoch
-                 cbs=None,                     # more callbacks for every learner (in the members' key, unless a class says `in_member_key = False`)
+                 pretrained:bool|None=None,    # pretrained weights (None: `default_pretrained(path)`)
+                 finetune:bool|None=None,      # `fine_tune` (True), `fit_one_cycle` (False); None: by the weights
+                 retrain:bool=False,           # train every member again, even if saved
+                 num_workers:int|None=None,    # DataLoader workers (None: 0 on a CPU; fastai's default on a GPU)
+                 progress:bool|None=None,      # fastai's bars (True), none (False); None: bars if live, else a line per epoch
+                 cbs=None,                     # more callbacks for every learner (in the key unless `in_member_key = False`)
                  log=print,                    # where progress lines go
-                 **kwargs,                     # passed to `paddy_learner` (precision, loss_func, ...), and in the members' key
+                 **kwargs,                     # passed to `paddy_learner` (precision, loss_func, ...), and in the key
                 )->EnsembleRun:
-    "Train each member (or load it if already saved), saving its TTA predictions on the test set and the shared hold-out as it finishes."
+    "Train each member (or load it if saved), saving its TTA predictions on the test set and the hold-out as it finishes."
     members = [as_member(c) for c in configs]
     if not members: raise PaddyError("run_ensemble: no members given.")
     for m in members: timm_arch(m.arch, verbose=False)  # unknown archs fail now, not after hours of training
     _check_args(members, epochs, budget_mib)
-    path = Path(path) if path is not None else paddy_data()
-    out = Path(out_dir)
-    max_accum = max_accum or max(1, eff_bs//2)
+    path, out = Path(path) if path is not None else paddy_data(), Path(out_dir)
     if budget_mib is None and torch.cuda.is_available(): budget_mib = default_budget()
     why = 'as given'
     if pretrained is None:
         pretrained = default_pretrained(path)
         why = f"default_pretrained: {'not the demo data' if pretrained else 'the demo data'}"
     recipe = recipe_note(pretrained) if finetune is None else ('fine_tune' if finetune else 'fit_one_cycle') + ' (as given)'
-    if finetune is None: finetune = pretrained
+    finetune = pretrained if finetune is None else finetune
     if num_workers is None and not torch.cuda.is_available(): num_workers = 0  # measured faster: bench/demo.py
     hold = holdout_ids(path, holdout_pct, holdout_seed)
-    hold_files, tst_files = _holdout_files(path, hold), get_test_files(path)
-    ctx = dict(data=data_fingerprint(path), epochs=epochs, lr=lr, eff_bs=eff_bs, holdout=[holdout_pct, holdout_seed],
-               pretrained=pretrained, finetune=finetune, **{k: stable_repr(v, f'run_ensemble({k}=...)') for k, v in kwargs.items()})
-    keyed_cbs = [stable_repr(cb, f'run_ensemble(cbs=[{type(cb).__name__}])') for cb in L(cbs) if getattr(type(cb), 'in_member_key', True)]
-    if keyed_cbs: ctx['cbs'] = keyed_cbs  # (none: the key is what it was before callbacks counted)
-    keys = [member_key(m, **ctx) for m in members]  # all of them now: a value with no stable form fails before any training
+    ctx = _run_ctx(path, epochs, lr, eff_bs, holdout_pct, holdout_seed, pretrained, finetune, cbs, kwargs)
+    keys = [member_key(m, **ctx) for m in members]
     specs = [member_key(m, **{**ctx, 'data': None}) for m in members]  # the same without the data: to say why one retrains
     todo = [m for m, k in zip(members, keys) if retrain or not member_file(out, m, k).exists()]
     run = EnsembleRun(members, [], [], out, path)
-    n = len(members)
-    log(f"{n} member(s) on {path}: pretrained={pretrained} ({why})"
+    log(f"{len(members)} member(s) on {path}: pretrained={pretrained} ({why})"
         + (f", budget {budget_mib:,.0f} MiB" if budget_mib else ", no memory budget"))
     if pretrained:  # weights that can't be had (offline, not cached) stop the run now, not when a member starts
         for arch in dict.fromkeys(m.arch for m in todo): check_weights(arch)
+    kw = dict(path=path, hold=hold, hold_files=_holdout_files(path, hold), tst_files=get_test_files(path), epochs=epochs, lr=lr,
+              eff_bs=eff_bs, max_accum=max_accum or max(1, eff_bs//2), pretrained=pretrained, finetune=finetune,
+              num_workers=num_workers, cbs=cbs, progress=progress, log=log, **kwargs)
     with _out_lock(out):
         _check_out(out, len(todo))
         for i, (m, key, spec) in enumerate(zip(members, keys, specs), 1):
-            _run_member(run, i, m, key, spec, ctx['data'], retrain, budget_mib, recipe, log, dict(
-                path=path, hold=hold, hold_files=hold_files, tst_files=tst_files, key=key, epochs=epochs, lr=lr, eff_bs=eff_bs,
-                max_accum=max_accum, pretrained=pretrained, finetune=finetune, num_workers=num_workers, cbs=cbs,
-                progress=progress, log=log, **kwargs))
+            _run_member(run, i, m, key, spec, ctx['data'], retrain, budget_mib, recipe, log, dict(kw, key=key))
         if run.left_out: log("left out of the ensemble: " + '; '.join(f"member {i} ({name}): {why}" for i, name, why in run.left_out))
         with contextlib.suppress(OSError): atomic_write(out/'records.csv', lambda f: run.table.to_csv(f, index=False))
     return run
 
+def _member_accum(m, budget_mib, kw, log)->int:
+    "The member's own `accum`, else `find_accum`'s under the budget, else 1."
+    if m.accum is not None: return m.accum
+    accum = (find_accum(m.arch, m.size, budget_mib, kw['eff_bs'], item=m.resize, path=kw['path'], verbose=False,
+                        pretrained=kw['pretrained'], **m.kwargs) if budget_mib else 1)
+    log(f"  accum={int(accum)}" + (f" (find_accum, budget {budget_mib:,.0f} MiB)" if budget_mib else " (no budget on a CPU)"))
+    return int(accum)
+
 def _run_member(run, i, m, key, spec, data, retrain, budget_mib, recipe, log, kw):
-    "Load member `i` if saved, else train it (its accum found first if it has none), save it, and add it to `run`."
+    "Load member `i` if saved, else train and save it; add it to `run`."
     out, n, fn = run.out_dir, len(run.members), member_file(run.out_dir, m, key)
     log(f"member {i} of {n}: {m.name}, weight {m.weight:g}")
     if fn.exists() and not retrain:
@@ -602,20 +578,16 @@ def _run_member(run, i, m, key, spec, data, retrain, budget_mib, recipe, log, kw
             run.results.append(res); run.status.append('loaded'); return
     elif other := _saved_for_other_data(out, m, spec, data):
         log(f"  saved before from other data ({', '.join(other)}): the images or CSVs have changed since, so it trains again")
-    accum, res = m.accum, None
+    res = None
     try:
-        if accum is None:
-            accum = (find_accum(m.arch, m.size, budget_mib, kw['eff_bs'], item=m.resize, path=kw['path'], verbose=False,
-                                pretrained=kw['pretrained'], **m.kwargs) if budget_mib else 1)
-            log(f"  accum={int(accum)}" + (f" (find_accum, budget {budget_mib:,.0f} MiB)" if budget_mib else " (no budget on a CPU)"))
+        accum = _member_accum(m, budget_mib, kw, log)
         log(f"  recipe: {recipe}")
         with hold_to_budget(budget_mib) if budget_mib else contextlib.nullcontext():  # CUDA: the allocator's limit
-            res = _train_member(m, int(accum), budget_mib=budget_mib, **kw)
+            res = _train_member(m, accum, budget_mib=budget_mib, **kw)
     except BudgetError as e:
         log(f"  doesn't fit: {e}"); run.reasons[i] = f"doesn't fit: {e}"
     except KeyboardInterrupt:
-        done = sum(r is not None for r in run.results)
-        log(f"\ninterrupted during member {i} of {n}: {done} finished member(s) are saved in {out/'members'}; "
+        log(f"\ninterrupted during member {i} of {n}: {len(run.done)} finished member(s) are saved in {out/'members'}; "
             "run the same command again to go on from here.")
         raise
     if res is None:

@@ -7,7 +7,8 @@ from PIL import Image
 
 import paddy_lib.ensemble as ens
 from paddy_lib.cli import main
-from paddy_lib.data import make_demo_paddy, PaddyError
+from paddy_lib.core import PaddyError
+from paddy_lib.data import make_demo_paddy
 from paddy_lib.ensemble import Member, run_ensemble, image_fingerprint, data_fingerprint, member_file
 
 FAST = dict(epochs=1, eff_bs=16, progress=False, num_workers=0, pretrained=False)
@@ -129,7 +130,7 @@ def test_bad_numbers_stop_before_training(data, tmp_path, capsys):
     r = console('ensemble', '--path', data, '--configs', _members(tmp_path, [A]), '--out', tmp_path/'runs', '--no-check',
                 '--epochs', 0)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "paddy ensemble: epochs=0: each member trains for a whole number of epochs, at least 1 (the seed's 12)."], r.stderr
+        "paddy ensemble: epochs=0: each member trains for a whole number of epochs, at least 1 (Road to the Top's 12)."], r.stderr
     assert 'recipe:' not in r.stdout
     for args, says in ((['--epochs', '-3'], 'at least 1'), (['--budget-mib', '-5'], 'a memory budget is a positive number of MiB')):
         code = main(['ensemble', '--path', str(data), '--configs', str(tmp_path/'members.json'), '--out', str(tmp_path/'runs'),
