@@ -54,7 +54,8 @@ class Member:
         if not isinstance(self.arch, str) or not self.arch or not isinstance(self.kwargs, dict):
             raise PaddyError(f"Member({self.arch!r}, kwargs={self.kwargs!r}): arch is a timm model name, kwargs a dict.")
         if not (isinstance(it, (list, tuple)) and len(it) == 2 and it[0] in _METHODS):
-            raise PaddyError(f"Member(item={it!r}): use (method, size), method one of {', '.join(_METHODS)}, e.g. ('squish', 480).")
+            raise PaddyError(f"Member(item={it!r}) for {self.arch}: the item transform is (method, size) with method one of "
+                             f"{', '.join(_METHODS)}, e.g. ('squish', 480) or ('crop', (640, 480)).")
         self.item, self.size = (it[0], _size(it[1], 'item size')), _size(self.size, 'size')
         if isinstance(w, bool) or not isinstance(w, numbers.Real) or not w > 0:
             raise PaddyError(f"Member(weight={w!r}) for {self.arch}: a weight is a positive number.")
@@ -87,7 +88,7 @@ def load_members(fn:str|Path)->list:
 
 # %% ../nbs/06_ensemble.ipynb #b124b4f1
 def as_member(c)->Member:
-    "A `Member` from a `Member`, a dict of its fields, or an `(arch, item, size[, weight])` tuple."
+    "A `Member` from a `Member`, a dict or an `(arch, item, size)` tuple."
     if isinstance(c, Member): return c
     if isinstance(c, dict):
         bad = set(c) - set(Member.__dataclass_fields__)
@@ -149,7 +150,7 @@ def ensemble_preds(preds:list,             # each member's predictions, or `(pre
 
 # %% ../nbs/06_ensemble.ipynb #e03de655
 def atomic_write(dest:str|Path, write)->Path:
-    "Write `dest` with `write(f)` into a temporary file beside it, then rename it over `dest`."
+    "Write `dest` with `write(f)` all at once: a temp file, renamed."
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent)
@@ -168,7 +169,7 @@ def write_submission(probs:torch.Tensor,     # ensemble probabilities: one row p
                      dest:str|Path='submission.csv', # where to write the CSV
                      ids:list|None=None,     # the image ids of `probs`' rows (default: the sorted test files)
                     )->pd.DataFrame:         # the submission as written, in sample_submission's order
-    "Label each test image by its most probable class; write a checked CSV in sample_submission's order."
+    "Write a checked `image_id,label` CSV in sample_submission's order."
     path = Path(path)
     ids = [Path(str(i)).name for i in (ids if ids is not None else get_test_files(path))]
     probs = torch.as_tensor(probs)
@@ -186,13 +187,13 @@ def _unit_hash(s:str, seed) -> float:
     return int(hashlib.sha1(f'{seed}:{s}'.encode()).hexdigest()[:12], 16) / 16**12
 
 def holdout_ids(path:str|Path, pct:float=0.2, seed:int=42)->list:
-    "The training image ids every member leaves out: a `pct` share, chosen by a seeded hash of each id."
+    "The training ids every member leaves out, by a seeded hash of each."
     if not 0 < pct < 1: raise PaddyError(f"holdout pct={pct!r}: a share of the training images, between 0 and 1 (e.g. 0.2).")
     ids = read_paddy_csv(Path(path)/'train.csv', usecols=['image_id'], dtype=str).image_id
     return sorted(i for i in ids if _unit_hash(i, seed) < pct)
 
 def HoldoutSplitter(holdout, valid_pct:float=0.2, seed:int|None=None):
-    "A random train/valid split (seeded, or torch's RNG) of the items whose file name is not in `holdout`."
+    "A random train/valid split of the items not in `holdout`."
     holdout = set(map(str, holdout))
     def _inner(items):
         keep = np.array([i for i, o in enumerate(items) if Path(o).name not in holdout])
@@ -203,7 +204,7 @@ def HoldoutSplitter(holdout, valid_pct:float=0.2, seed:int|None=None):
 
 # %% ../nbs/06_ensemble.ipynb #0a5ff45c
 def image_fingerprint(path:str|Path, n_sample:int=64)->str:
-    "A short hash of the image files: every name and size, and the bytes of `n_sample` of them."
+    "A hash of every image's name and size, and of `n_sample`'s bytes."
     path = Path(path)
     files = sorted(f for d in ('train_images', 'test_images') for f in (path/d).rglob('*') if f.is_file())
     h = hashlib.sha1()
@@ -212,7 +213,7 @@ def image_fingerprint(path:str|Path, n_sample:int=64)->str:
     return h.hexdigest()[:16]
 
 def data_fingerprint(path:str|Path)->str:
-    "A short hash of a dataset: `train.csv`, `sample_submission.csv` and the images."
+    "A hash of a dataset: its two CSVs and its images."
     h = hashlib.sha1()
     for n in ('train.csv', 'sample_submission.csv'): h.update((Path(path)/n).read_bytes())
     h.update(image_fingerprint(path).encode())
@@ -221,7 +222,7 @@ def data_fingerprint(path:str|Path)->str:
 _SKIP_ATTRS = ('learn',)  # a used callback's learner: not what the callback is
 
 def stable_repr(v, what:str='value', _depth:int=0):
-    "`v` as JSON-able data that is the same in every process; a `PaddyError` if it has none."
+    "`v` as JSON-able data, the same in every process."
     if v is None or isinstance(v, (bool, int, float, str)): return v
     if isinstance(v, (list, tuple, L)): return [stable_repr(o, what, _depth) for o in v]
     if isinstance(v, dict): return {str(k): stable_repr(o, what, _depth) for k, o in v.items()}
@@ -246,7 +247,7 @@ def stable_repr(v, what:str='value', _depth:int=0):
     return d
 
 def member_key(m:Member, **ctx)->str:
-    "A 16-hex-digit hash of what makes a member's result: its spec (not its weight) and `ctx`."
+    "A hash of a member's spec (not its weight) and `ctx`."
     s = json.dumps(stable_repr(dict(member=m.spec(), **ctx), f'{m.name}'), sort_keys=True)
     return hashlib.sha1(s.encode()).hexdigest()[:16]
 
@@ -269,11 +270,11 @@ def _is_bad_image(e:BaseException)->bool:
     return isinstance(e, OSError) and any(f"{os.sep}PIL{os.sep}" in f.filename for f in traceback.extract_tb(e.__traceback__))
 
 def _live_output()->bool:
-    "Is the output a terminal or a notebook, where progress bars redraw in place?"
+    "Is the output a terminal or a notebook (bars redraw in place)?"
     return _fp.IN_NOTEBOOK or bool(getattr(sys.stdout, 'isatty', lambda: False)())
 
 class EpochLog(Callback):
-    "fastai's table of epochs as plain lines, no progress bars: for output that is a file."
+    "fastai's epoch table as plain lines: for output to a file."
     order = ProgressCallback.order
     def before_fit(self):
         self.old, self.widths = self.learn.logger, None
@@ -287,7 +288,7 @@ class EpochLog(Callback):
     def after_fit(self): self.learn.logger = self.old
 
 def _display(learn, progress)->contextlib.ExitStack:
-    "A member's progress: bars (True), nothing (False), None: bars if the output is live, else `EpochLog`."
+    "Bars (True), nothing (False); None: bars if live, else `EpochLog`."
     stack, bars = contextlib.ExitStack(), _live_output() if progress is None else progress
     if not bars: stack.enter_context(learn.no_bar())
     if progress is False: stack.enter_context(learn.no_logging())
@@ -300,7 +301,7 @@ def _holdout_files(path, hold):
 
 def _fit_member(m, accum, retries, path, hold, hold_files, tst_files, key, epochs, lr, eff_bs, pretrained, finetune,
                 num_workers, cbs, progress, budget_mib=None, **kwargs):
-    "Train member `m` once at `accum`, seeded from its key; TTA on the test set and the hold-out."
+    "Train `m` once at `accum`, seeded by its key; TTA test and hold-out."
     learn, t0 = None, time.perf_counter()
     set_seed(int(key[:8], 16))  # its own split and initialisation, the same on a re-run
     budget = [MemoryBudget(budget_mib)] if budget_mib and not torch.cuda.is_available() else []  # CUDA: `hold_to_budget`
@@ -330,13 +331,13 @@ def _fit_member(m, accum, retries, path, hold, hold_files, tst_files, key, epoch
                             finished=datetime.datetime.now().isoformat(timespec='seconds')))
 
 def _oom_line(e)->str:
-    "The first sentence of an out-of-memory error: what ran out, and by how much."
+    "An out-of-memory error's first sentence, for the log."
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]  # fastai puts the callback's name on a line of its own
     line = next((l for l in lines if 'memory' in l), lines[0] if lines else '').split('. ')[0].rstrip('.')
     return f"{type(e).__name__}: {line if len(line) <= 200 else line[:199] + '…'}"
 
 def _train_member(m, accum, path, max_accum, log, **kw):
-    "Train one member, doubling `accum` on out-of-memory; its result dict, or None if it can't fit."
+    "Train `m`, doubling `accum` on out-of-memory; None if it can't fit."
     retries = 0
     while True:
         try: return _fit_member(m, accum, retries, path, **kw)
@@ -357,7 +358,7 @@ def _train_member(m, accum, path, max_accum, log, **kw):
 # %% ../nbs/06_ensemble.ipynb #d7676c35
 @dataclass
 class EnsembleRun:
-    "A `run_ensemble`'s members, their results (None where one couldn't fit), and the ensemble they make."
+    "A `run_ensemble`'s members, their results, and their ensemble."
     members:list                # the `Member`s, in order
     results:list                # each member's saved result (record, predictions), or None
     status:list                 # 'trained', 'loaded' or 'failed', per member
@@ -397,7 +398,7 @@ class EnsembleRun:
         return ensemble_preds([r[f'{on}_preds'] for r in rs], [m.weight for m in ms] if weighted else None)
 
     def holdout_report(self)->pd.DataFrame:
-        "Hold-out error of each finished member and of their plain and weighted averages."
+        "Hold-out error of each member and of the two averages."
         rows = [dict(model=m.name, weight=m.weight, holdout_error=r['record']['holdout_error']) for m, r in self._need()]
         t = self.holdout_targs
         rows += [dict(model='ensemble: plain average', weight=np.nan, holdout_error=_err(self.probs(False, 'holdout'), t)),
@@ -427,7 +428,7 @@ def _check_same(res, first, name):
                              "use another out_dir for other data.")
 
 def _check_args(members, epochs, budget_mib):
-    "What would fail hours in: epochs, the budget, each member's timm kwargs (a model made on the meta device)."
+    "Check epochs, budget and timm kwargs (on the meta device) now."
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise PaddyError(f"epochs={epochs!r}: each member trains for a whole number of epochs, at least 1 (Road to the Top's 12).")
     if budget_mib is not None and (isinstance(budget_mib, bool) or not isinstance(budget_mib, numbers.Real) or not budget_mib > 0):
@@ -442,7 +443,7 @@ def _check_args(members, epochs, budget_mib):
 
 @contextlib.contextmanager
 def _out_lock(out:Path):
-    "Hold `out` for this run: a live run's lock stops a second one; a dead run's (or another machine's) is taken over."
+    "Lock `out` for this run; a dead run's lock is taken over."
     lock, me = out/'.lock', f"{socket.gethostname()} {os.getpid()}"
     with contextlib.suppress(OSError): out.mkdir(parents=True, exist_ok=True)
     try:
@@ -459,7 +460,7 @@ def _out_lock(out:Path):
             if lock.read_text() == me: lock.unlink()
 
 def _check_out(out:Path, n_todo:int):
-    "Before training: the members' folder is writable, with room for a member (the largest saved, or 16 MiB)."
+    "Before training: `out/members` is writable, with room for a member."
     if not n_todo: return  # every member is saved: a read-only folder is fine (Kaggle's /kaggle/input)
     members = out/'members'
     try:
@@ -475,7 +476,7 @@ def _check_out(out:Path, n_todo:int):
                          "free some space or pass another --out; running again resumes from the members saved.")
 
 def _save(res, fn, log)->str|None:
-    "Save a member's result to `fn`, else to the temp folder, and say where; None if neither can be written."
+    "Save to `fn`, else to the temp folder; where it went, or None."
     try: return str(save_member(res, fn))
     except OSError as e: err = e
     alt = Path(tempfile.gettempdir())/'paddy_lib_unsaved'/fn.name
@@ -486,7 +487,7 @@ def _save(res, fn, log)->str|None:
     return str(alt) if alt else None
 
 def _saved_for_other_data(out, m, spec, data):
-    "Files of the same member and settings made from other data: why it trains again."
+    "Saved files of the same member and settings from other data."
     hits = []
     for f in sorted((out/'members').glob(f"{m.arch.replace('/', '_')}-*.pt")):
         with contextlib.suppress(Exception):
@@ -496,7 +497,7 @@ def _saved_for_other_data(out, m, spec, data):
 
 # %% ../nbs/06_ensemble.ipynb #529f03b9
 def _run_ctx(path, epochs, lr, eff_bs, holdout_pct, holdout_seed, pretrained, finetune, cbs, kwargs)->dict:
-    "What every member's key holds besides its spec; a value with no stable form fails here, before any training."
+    "What every member's key holds besides its spec."
     ctx = dict(data=data_fingerprint(path), epochs=epochs, lr=lr, eff_bs=eff_bs, holdout=[holdout_pct, holdout_seed],
                pretrained=pretrained, finetune=finetune, **{k: stable_repr(v, f'run_ensemble({k}=...)') for k, v in kwargs.items()})
     keyed_cbs = [stable_repr(cb, f'run_ensemble(cbs=[{type(cb).__name__}])') for cb in L(cbs) if getattr(type(cb), 'in_member_key', True)]
@@ -522,7 +523,7 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
                  log=print,                    # where progress lines go
                  **kwargs,                     # passed to `paddy_learner` (precision, loss_func, ...), and in the key
                 )->EnsembleRun:
-    "Train each member (or load it if saved), saving its TTA predictions on the test set and the hold-out as it finishes."
+    "Train or load each member, saving each as it finishes."
     members = [as_member(c) for c in configs]
     if not members: raise PaddyError("run_ensemble: no members given.")
     for m in members: timm_arch(m.arch, verbose=False)  # unknown archs fail now, not after hours of training
