@@ -94,7 +94,7 @@ def _is_checkout(d):
     return f.exists() and 'name = "paddy_lib"' in f.read_text() and (d/'paddy_lib').is_dir()
 
 def _course_root()->Path:
-    "The source checkout: the one `paddy_lib` is installed from, else the one around the current folder."
+    "The source checkout `paddy_lib` runs from, or the one around us."
     here = Path.cwd().resolve()
     for d in (Path(paddy_lib.__file__).resolve().parent.parent, here, *here.parents):
         if _is_checkout(d): return d
@@ -160,7 +160,7 @@ def _kaggle_username()->str|None:
     except (OSError, ValueError, AttributeError): return None
 
 def _user(user, dry_run):
-    "The Kaggle username, and the client if it had to be built to learn it (an API token names no user)."
+    "The Kaggle username, and the client if one was built to learn it."
     user, api = user or _kaggle_username(), None
     if not user and dry_run:
         print(f"note: no Kaggle username given or in your credentials: this dry run writes its ids under the "
@@ -175,7 +175,7 @@ def _user(user, dry_run):
 
 @contextlib.contextmanager
 def _kaggle_errors(what:str, kept:str=''):
-    "Turn the client's exceptions while doing `what` into `KaggleError`s naming what was `kept`."
+    "The client's exceptions as `KaggleError`s naming what was `kept`."
     import requests
     keep = f" Nothing local was lost: {kept}." if kept else ''
     try:
@@ -195,12 +195,12 @@ def _kaggle_errors(what:str, kept:str=''):
         raise KaggleError(f"The kaggle client exited while trying to {what} (exit code {e.code}).{keep}") from None
 
 def _own_folder(folder, marker):
-    "Raise unless `folder` is ours to rewrite: absent, empty, or holding the `marker` file we write."
+    "Raise unless `folder` is absent, empty, or holds our `marker`."
     if folder.exists() and any(folder.iterdir()) and not (folder/marker).exists():
         raise PaddyError(f"{folder} exists and was not written by paddy_lib (it has no {marker}): pass another `dest`.")
 
 def _write_kernel_folder(nb:Path, meta:dict, folder:Path)->Path:
-    "Write what `kaggle kernels push` sends: the notebook (setup cell first, no outputs) and its metadata."
+    "Write the folder `kaggle kernels push` sends for notebook `nb`."
     _own_folder(folder, 'kernel-metadata.json')
     if folder.exists(): shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -212,7 +212,7 @@ def _write_kernel_folder(nb:Path, meta:dict, folder:Path)->Path:
     return folder
 
 def _check_push(nbs, metas, lib_dataset):
-    "Raise `KaggleMetadataError` listing every broken rule of a push, before anything is written or sent."
+    "Raise `KaggleMetadataError` listing every rule the push breaks."
     errs = [e for n, m in zip(nbs, metas) for e in check_kernel_meta(m, n.name)]
     if not lib_dataset: errs.append("the notebooks install paddy_lib only from its wheels dataset (it is not on PyPI): "
                                     "pass `lib_dataset`, after pushing it with `push_lib_dataset` (`paddy push --lib`)")
@@ -291,7 +291,7 @@ def _check_dataset(ref, slug, title, license):
     if errs: raise KaggleMetadataError(f"Nothing was sent for {ref}: fix these first.\n- " + '\n- '.join(errs))
 
 def _fill_dataset(dest, src, extra_wheels, pip_args):
-    "Put the library's wheel and `extra_wheels` (paths, or requirements to `pip download`) in `dest`."
+    "Put the library's wheel and `extra_wheels` in `dest`."
     _own_folder(dest, 'dataset-metadata.json')
     dest.mkdir(parents=True, exist_ok=True)
     for f in dest.glob('*.whl'): f.unlink()
@@ -334,7 +334,7 @@ def push_lib_dataset(user:str|None=None,      # Kaggle username (default: from y
                      dest:str|Path='kaggle_push/paddy-lib', # the dataset's folder (its old wheels are replaced)
                      src:str|Path|None=None,   # the source checkout (default: the one found)
                     )->dict:                   # id, folder, files, requires, action ('created'/'versioned'), url
-    "Build the wheels and create (or version) the Kaggle dataset notebooks install `paddy_lib` from."
+    "Build the wheels and create or version their Kaggle dataset."
     user, api = _user(user, dry_run)
     ref, dest = f"{user}/{slug}", Path(dest)
     _check_dataset(ref, slug, title, license)
@@ -368,7 +368,7 @@ def submit(csv:str|Path,               # the submission CSV (image_id,label)
 
 # %% ../nbs/07_kaggle.ipynb #c1a1aed8
 def _own_lib_dataset(lib_dataset:str|None, user:str|None)->tuple:
-    "(owner, slug) to upload `lib_dataset` ('slug' or 'owner/slug') to; the owner must be you."
+    "(owner, slug) to upload `lib_dataset` to; the owner must be you."
     owner, _, slug = (lib_dataset or 'paddy-lib').rpartition('/')
     me = user or _kaggle_username()
     if owner and me and owner != me:
@@ -389,7 +389,7 @@ def paddy_push(*notebooks:str,            # notebooks to push (default: `kaggle_
                dry_run:bool=False,        # write the folders and metadata only
                dest:str='kaggle_push',    # where the folders go
               ):
-    "Push the course's notebooks (and with --lib the library's wheels) to Kaggle."
+    "Push the course (and with --lib the wheels) to Kaggle."
     if lib:
         user, slug = _own_lib_dataset(lib_dataset, user)
         print(push_lib_dataset(user, slug=slug, dry_run=dry_run, dest=Path(dest)/'paddy-lib'))

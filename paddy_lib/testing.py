@@ -22,7 +22,7 @@ _CRED_VARS = ('KAGGLE_USERNAME', 'KAGGLE_KEY', 'KAGGLE_API_TOKEN', 'KAGGLE_CONFI
 
 @contextlib.contextmanager
 def no_kaggle_credentials():
-    "Within the block: no Kaggle credential variables, and an empty temporary `HOME`/`KAGGLE_CONFIG_DIR`; restored after."
+    "Within the block, no Kaggle credentials and an empty `HOME`."
     saved = {k: os.environ.get(k) for k in (*_CRED_VARS, 'HOME')}
     with tempfile.TemporaryDirectory() as home:
         for k in _CRED_VARS: os.environ.pop(k, None)
@@ -37,7 +37,7 @@ def no_kaggle_credentials():
 # %% ../nbs/09_testing.ipynb #bc4d4b1f
 @contextlib.contextmanager
 def loopback_only():
-    "Within the block, connections and name lookups for anything but the loopback fail; yields the attempts."
+    "Within the block, only the loopback answers; yields the attempts."
     attempts, local = [], ('127.0.0.1', '::1', 'localhost')
     connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
     def _check(addr):
@@ -64,7 +64,7 @@ class KaggleRequest:
     method:str; host:str; path:str; headers:dict; body:bytes
     @property
     def rpc(self)->str|None:
-        "'Service/Method' for an API call (e.g. 'KernelsApiService/SaveKernel'), else None."
+        "'Service/Method' of an API call, else None."
         p = self.path.split('/')
         return f"{p[-2].split('.')[-1]}/{p[-1]}" if self.path.startswith('/api/v1/') and len(p) >= 5 else None
     def json(self): return json.loads(self.body or b'{}')
@@ -104,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # %% ../nbs/09_testing.ipynb #0b8ddce2
 class LocalKaggle:
-    "A stand-in for Kaggle's API on 127.0.0.1 that answers the calls `paddy_lib` makes and records every request."
+    "Kaggle's API on 127.0.0.1, for `paddy_lib`'s calls; records them."
     def __init__(self, user:str='paddy-student', # the account the stand-in accepts
                  key:str='local-key',             # and its API key
                  competitions:dict|None=None,     # {slug: data folder or None} it knows (default: {COMP: None})
@@ -144,7 +144,7 @@ class LocalKaggle:
     @property
     def port(self)->int: return self._port
     def env(self, config_dir:str|Path)->dict:
-        "The environment that sends the real kaggle client here, as `user`, with `config_dir` as its config folder."
+        "The environment that sends the real client here, as `user`."
         return dict(KAGGLE_API_ENVIRONMENT='LOCALHOST', HTTP_PROXY=self.url, HTTPS_PROXY=self.url, http_proxy=self.url,
                     https_proxy=self.url, NO_PROXY='', no_proxy='', KAGGLE_USERNAME=self.user, KAGGLE_KEY=self.key,
                     KAGGLE_CONFIG_DIR=str(config_dir))
