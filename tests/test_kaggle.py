@@ -207,6 +207,8 @@ def test_push_lib_dataset_creates_then_versions(local_kaggle, tmp_path):
     first = push_lib_dataset(extra_wheels=(extra, 'tinydep==0.1'), dest=dest,
                              pip_args=('--no-index', '--find-links', str(tmp_path/'index')))
     assert first['action'] == 'created' and first['id'] == f'{USER}/paddy-lib'
+    assert lk.calls() == ['DatasetApiService/GetDatasetStatus'] * 2 + ['BlobApiService/StartBlobUpload'] * 3 + \
+                         ['DatasetApiService/CreateDataset']  # asked twice: here, and inside the client's dataset_create_new
     local = {f.name: sha(f.read_bytes()) for f in dest.glob('*.whl')}
     assert sorted(local) == sorted(['extradep-0.1-py3-none-any.whl', 'tinydep-0.1-py3-none-any.whl',
                                     next(dest.glob('paddy_lib-*.whl')).name])
