@@ -141,8 +141,8 @@ def paddy_learner(arch:str, size:int|tuple, item=None, accum:int=1, path=None, t
                         trn_path=trn_path, splitter=splitter, **({} if num_workers is None else dict(num_workers=num_workers)))
     if len(dls.train) == 0:
         raise PaddyError(f"{len(dls.train_ds)} training images (after the validation split) make no full batch of {dls.train.bs}: "
-                         f"train on more images, or on smaller batches (a larger `accum`: for `paddy ensemble`, a member's "
-                         f"accum in --configs), or with a lower `eff_bs`.")
+                         f"train on more images, or on smaller batches: a larger `accum` that divides eff_bs={eff_bs} (for "
+                         f"`paddy ensemble`, a member's `accum` in its --configs file), or a lower `eff_bs`.")
     if pretrained is None: pretrained = (ds := dls_dataset(dls)) is None or default_pretrained(ds)
     prec = precision_for(dls.device, precision)
     if isinstance(arch, str):
