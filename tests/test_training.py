@@ -50,16 +50,22 @@ def test_paddy_learner_cpu(path):
     assert not any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
 
 def test_train_demo(path):
-    "The seed's return values, 64 items per step, no mixed-precision warnings on a CPU."
+    "Road to the Top's return values, 64 items per step, no mixed-precision warnings on a CPU, and the work of each recipe:"
+    "fine_tune(1) trains and validates twice and TTAs 5 passes over the test set (not logged); finetune=False once, no TTA."
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         learn, (preds, targs) = train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, seed=0, num_workers=0,
-                                      return_learner=True, cbs=StepItems(), finetune=True)
+                                      return_learner=True, cbs=[StepItems(), ft := CountItems()], finetune=True)
     assert not [w for w in caught if any(s in str(w.message) for s in ('autocast', 'GradScaler', 'amp'))]
     assert preds.shape == (40, 10) and targs is None
     assert torch.allclose(preds.sum(1), torch.ones(40), atol=1e-5)
     assert learn.step_items.sizes == [64, 64, 64, 32]*2  # fine_tune's two fits: 7 batches of 32 each, the last flushed
-    assert train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, finetune=False, n_batches=2, num_workers=0) is None
+    n_trn, n_val = len(learn.dls.train)*learn.dls.train.bs, len(learn.dls.valid_ds)
+    assert ft.n == dict(train=2*n_trn, eval=2*n_val + 5*40)
+    assert ft.logs == [True, True, False]   # TTA doesn't log: no header-only progress table
+    learn, res = train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, seed=0, num_workers=0, finetune=False,
+                       return_learner=True, cbs=(one := CountItems()))
+    assert res is None and one.n == dict(train=n_trn, eval=n_val) and one.logs == [True]
 
 def test_train_n_batches_finetune(path):
     "`n_batches` stops training, not the TTA that `fine_tune` is followed by (fastai's `tta` runs `before_fit`)."
@@ -170,19 +176,6 @@ class CountItems(Callback):
     def __init__(self): self.n, self.logs = dict(train=0, eval=0), []
     def before_fit(self): self.logs.append(self.learn.logger is not noop)
     def after_pred(self): self.n['train' if self.training else 'eval'] += find_bs(self.xb)
-
-def test_work_of_each_recipe(path):
-    "fine_tune(1) trains and validates twice and TTAs 5 passes over the test set; finetune=False once, no TTA."
-    work, logs = {}, {}
-    for ft in (True, False):
-        learn, res = train(TINY, 32, item=ITEM, accum=2, epochs=1, path=path, seed=42, finetune=ft, return_learner=True,
-                           num_workers=0, cbs=(cnt := CountItems()))
-        work[ft], logs[ft] = cnt.n, cnt.logs
-    assert res is None   # finetune=False: no TTA, as in Road to the Top
-    n_trn, n_val = len(learn.dls.train)*learn.dls.train.bs, len(learn.dls.valid_ds)
-    assert work[False] == dict(train=n_trn, eval=n_val)
-    assert work[True] == dict(train=2*n_trn, eval=2*n_val + 5*40)
-    assert logs == {True: [True, True, False], False: [True]}   # TTA doesn't log: no header-only progress table
 
 def test_memory_probe_on_one_label(path):
     "One label's folder, eff_bs=8 and n_batches=2: one optimizer step of 8 items, a one-class head."
