@@ -114,15 +114,14 @@ class TimedGradAccum(GradAccum):
             finally: TimedGradAccum.spent += time.process_time()-c
         f.__name__ = name
         return f
-    before_fit, before_train, before_batch = _timed('before_fit'), _timed('before_train'), _timed('before_batch')
-    after_loss, before_step, after_batch = _timed('after_loss'), _timed('before_step'), _timed('after_batch')
+    before_fit, before_train, after_loss, before_step = map(_timed, ('before_fit', 'before_train', 'after_loss', 'before_step'))
 
-def in_callback_share(dev, n, sizes, n_acc, repeats):
+def in_callback_share(dev, n, sizes, eff_bs, repeats):
     "Median share of the training epoch's CPU time spent inside GradAccum's handlers."
     x, y, shares = *data(n), []
     for r in range(repeats):
         TimedGradAccum.spent, tt = 0., TrainTime(dev)
-        quiet_fit(learner(x, y, sizes, [TimedGradAccum(n_acc), tt], dev))
+        quiet_fit(learner(x, y, sizes, [TimedGradAccum(eff_bs), tt], dev))
         shares.append(TimedGradAccum.spent/tt.cpu[0])
     return statistics.median(shares)
 

@@ -51,7 +51,6 @@ def main():
     p.add_argument('--busy', type=int, default=0, help='other CPU-bound processes running meanwhile')
     p.add_argument('--name', default='demo', help='results go to bench/results/<name>.{csv,txt}')
     a = p.parse_args()
-    sys.path.insert(0, str(ROOT))
     from paddy_lib.data import make_demo_paddy
     tmp = Path(tempfile.mkdtemp())
     demo = make_demo_paddy(tmp/'demo')

@@ -37,7 +37,6 @@ import argparse, datetime, math, os, platform, re, sys, time, traceback, warning
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # paddy_lib from this checkout
 warnings.filterwarnings('ignore', message='The pynvml package is deprecated')
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
 

@@ -1,4 +1,4 @@
-"""Train with the memory of a small batch and the maths of a big one: from the seed's loop, through PyTorch and fastai, to `GradAccum`, a callback whose steps equal one big batch's.
+"""Big-batch steps on small-batch memory, from a loop to `GradAccum`
 
 Docs: https://paddy-lib.github.io/paddy_lib/accumulation.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://paddy-lib.github.io/paddy_lib/accumulation.html.md"""
 
 # %% ../nbs/01_accumulation.ipynb #cd9b8dc9
 from __future__ import annotations
-import numbers, warnings
+import warnings
 import torch
 from fastai.callback.core import Callback, CancelBatchException
 from fastai.callback.fp16 import MixedPrecision
@@ -14,85 +14,70 @@ from fastai.torch_core import find_bs
 from .data import PaddyError
 
 # %% auto #0
-__all__ = ['GradAccum']
+__all__ = ['GradAccum', 'StepSchedule']
 
-# %% ../nbs/01_accumulation.ipynb #a8c5fef6
+# %% ../nbs/01_accumulation.ipynb #78d8dce2
+class GradAccum(Callback):
+    "Step once per `eff_bs` items, on their exact mean gradient."
+    order,run_valid = MixedPrecision.order-4,False  # before `MixedPrecision` unscales (and may skip) the step
+    def __init__(self, eff_bs:int=64): # items per optimizer step
+        if isinstance(eff_bs, bool) or not isinstance(eff_bs, int) or eff_bs < 1:
+            raise PaddyError(f"GradAccum({eff_bs!r}): `eff_bs` counts items per step, e.g. GradAccum(64) with bs=64//accum.")
+        self.eff_bs = eff_bs
+    def before_fit(self): self.sizes,self.warned = [],False
+    def before_train(self):  # fix 3: no gradient left from an earlier epoch or fit
+        self.count = 0
+        self.model.zero_grad(set_to_none=True)
+    def after_loss(self):
+        self.bs = bs = find_bs(self.yb)
+        if self.count == 0: self.ref = max(self.eff_bs, bs); self._warn(bs)
+        if bs != self.ref: self.learn.loss_grad = self.learn.loss_grad * (bs/self.ref)  # `learn.loss` stays the true loss
+    def before_step(self):
+        self.count += self.bs
+        if self.count < self.eff_bs and self.iter < self.n_iter-1: raise CancelBatchException()  # fix 2: flush the last
+        if self.count != self.ref:                                                                  # fix 1: the mean
+            torch._foreach_mul_([p.grad for p in self.model.parameters() if p.grad is not None], self.ref/self.count)
+        self.sizes.append(self.count); self.count = 0
+    def _warn(self, bs):
+        if bs <= self.eff_bs or self.warned: return
+        self.warned = True
+        warnings.warn(f"GradAccum({self.eff_bs}) with batches of {bs}: nothing is accumulated. `eff_bs` counts items, "
+                      "not batches: GradAccum(64) with bs=64//accum.", stacklevel=2)
+
+# %% ../nbs/01_accumulation.ipynb #d301892d
 def _batch_sizes(dl)->list|None:
-    "Sizes of the batches of one pass over `dl`, when known without iterating it (fastai or PyTorch `DataLoader`), else None."
+    "Sizes of one epoch's batches of `dl`, if known without iterating it."
     if isinstance(getattr(dl, 'batch_sampler', None), (list, tuple)): return [len(b) for b in dl.batch_sampler]
-    n,bs = getattr(dl, 'n', None), getattr(dl, 'bs', None)            # fastai `DataLoader`
-    if n is None or bs is None:                                         # PyTorch `DataLoader` with `batch_size`
-        bs = getattr(dl, 'batch_size', None)
-        try: n = len(dl.sampler)
+    n,bs = getattr(dl, 'n', None), getattr(dl, 'bs', None)   # a fastai `DataLoader`
+    if n is None or bs is None:                                # a PyTorch one, with `batch_size`
+        try: n,bs = len(dl.sampler), dl.batch_size
         except (AttributeError, TypeError): return None
     if not n or not bs: return None
     sizes = [bs]*(n//bs) + ([n%bs] if n%bs and not getattr(dl, 'drop_last', False) else [])
     try: return sizes if len(sizes) == len(dl) else None
     except TypeError: return None
 
-def _n_steps(sizes:list, n_acc:int)->int:
-    "Optimizer steps `GradAccum(n_acc)` makes in an epoch whose batches have `sizes`."
+def _n_steps(sizes:list, eff_bs:int)->int:
+    "Optimizer steps `GradAccum(eff_bs)` makes in an epoch of batches of `sizes`."
     steps = count = 0
     for i,bs in enumerate(sizes):
         count += bs
-        if count >= n_acc or i == len(sizes)-1: steps,count = steps+1,0
+        if count >= eff_bs or i == len(sizes)-1: steps,count = steps+1,0
     return steps
 
-# %% ../nbs/01_accumulation.ipynb #4e6ba51f
-class GradAccum(Callback):
-    "Accumulate gradients over micro-batches until `n_acc` items, then step once on the exact mean gradient of those items."
-    order,run_valid = MixedPrecision.order-4,False  # before `MixedPrecision` unscales (and may skip) the step
-    _own = frozenset('n_acc count step swapped grp_pct true_pct bs ref epoch_steps sizes warned'.split())
-    def __init__(self, n_acc:int=64): # items per optimizer step: it steps once at least `n_acc` items are accumulated
-        if isinstance(n_acc, bool) or not isinstance(n_acc, numbers.Integral) or n_acc < 1:
-            raise PaddyError(f"GradAccum(n_acc={n_acc!r}): `n_acc` counts items per optimizer step and must be a "
-                             "positive int, e.g. `GradAccum(64)` with `bs=64//accum`.")
-        self.n_acc = int(n_acc)
-
-    def __setattr__(self, name, value):
-        # our bookkeeping never shadows a `Learner` attribute: skip fastai's check for it (~10µs a set, several a batch)
-        if name in GradAccum._own: object.__setattr__(self, name, value)
-        else: super().__setattr__(name, value)
-
-    def before_fit(self): self.count,self.sizes,self.warned = 0,[],False
+class StepSchedule(Callback):
+    "Move the hyper-parameter schedule once per `GradAccum(eff_bs)` step, as one big batch would."
+    order,run_valid = GradAccum.order,False
+    def __init__(self, eff_bs:int=64): self.eff_bs = eff_bs
     def before_train(self):
-        "Start every epoch, so every `fit`, with no gradients left over; count this epoch's optimizer steps."
-        self.count,self.step,self.swapped = 0,0,False
-        sizes = _batch_sizes(self.learn.dls.train)
-        self.epoch_steps = _n_steps(sizes, self.n_acc) if sizes else None
-        self.learn.model.zero_grad(set_to_none=True)
-
+        sizes = _batch_sizes(self.dls.train)
+        self.n_steps,self.count,self.step,self.swapped = _n_steps(sizes, self.eff_bs) if sizes else None,0,0,False
     def before_batch(self):
-        "Put the schedule where one big batch per step would be, so hyper-parameters change once per optimizer step."
-        learn = self.learn
-        if self.count == 0:
-            known = self.epoch_steps is not None and self.step < self.epoch_steps
-            self.grp_pct = (learn.epoch + self.step/self.epoch_steps)/learn.n_epoch if known else learn.pct_train
-        self.true_pct,learn.pct_train,self.swapped = learn.pct_train,self.grp_pct,True
-
-    def after_loss(self):
-        "Weight this micro-batch's mean loss by its share of the group (the logged `learn.loss` stays the true loss)."
-        learn = self.learn
-        self.bs = bs = find_bs(learn.yb)
-        if self.count == 0:
-            self.ref = max(self.n_acc, bs)
-            if bs > self.n_acc and not self.warned:
-                self.warned = True
-                warnings.warn(f"GradAccum(n_acc={self.n_acc}) with batches of {bs} items: every batch steps on "
-                              "its own, nothing is accumulated. `n_acc` counts items, not batches: for 64 items per "
-                              "step with `bs=64//accum`, use `GradAccum(64)`.", stacklevel=2)
-        if bs != self.ref: learn.loss_grad = learn.loss_grad * (bs/self.ref)
-
-    def before_step(self):
-        "Skip the step until `n_acc` items or the epoch's last batch; then make the gradient the group's mean."
-        learn = self.learn
-        self.count += self.bs
-        if self.count < self.n_acc and learn.iter < learn.n_iter-1: raise CancelBatchException()
-        if self.count != self.ref:
-            torch._foreach_mul_([p.grad for p in learn.model.parameters() if p.grad is not None], self.ref/self.count)
-        self.sizes.append(self.count)
-        self.count,self.step = 0,self.step+1
-
+        if self.count == 0:  # a group starts: the big batch's position for this step
+            known = self.n_steps and self.step < self.n_steps
+            self.pct = (self.epoch + self.step/self.n_steps)/self.n_epoch if known else self.pct_train
+        self.count += find_bs(self.yb)
+        if self.count >= self.eff_bs or self.iter == self.n_iter-1: self.count,self.step = 0,self.step+1
+        self.true_pct,self.learn.pct_train,self.swapped = self.pct_train,self.pct,True
     def after_batch(self):
-        "Give the schedule back its true position."
-        if self.swapped: self.learn.pct_train,self.swapped = self.true_pct + (self.learn.pct_train-self.grp_pct),False
+        if self.swapped: self.learn.pct_train,self.swapped = self.true_pct + (self.pct_train-self.pct),False

@@ -1,4 +1,4 @@
-"""Recommend movies from ratings alone: latent factors, embeddings as one-hot products, `DotProduct` to `DotProductBias`, weight decay, embeddings from scratch, `collab_learner`, and reading what the factors learned, on MovieLens or on synthetic ratings whose truth we know.
+"""Ratings alone, from dot products to `collab_learner`
 
 Docs: https://paddy-lib.github.io/paddy_lib/collab.html.md"""
 
@@ -6,13 +6,12 @@ Docs: https://paddy-lib.github.io/paddy_lib/collab.html.md"""
 
 # %% ../nbs/05_collab.ipynb #5206d4d3
 from __future__ import annotations
-import difflib, re, socket, warnings
+import difflib, socket, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 import torch.nn.functional as F
-from torch import nn
 from fastai.torch_core import Module
 from fastai.layers import Embedding, sigmoid_range
 from fastai.learner import Learner
@@ -21,51 +20,47 @@ from fastai.collab import CollabDataLoaders, EmbeddingDotBias, EmbeddingNN
 from .data import PaddyError
 
 # %% auto #0
-__all__ = ['RATING_COLS', 'CollabError', 'Planted', 'synth_ratings', 'check_ratings', 'read_ml100k', 'write_ml100k',
-           'ml100k_cache', 'load_movielens', 'collab_dls', 'collab_sizes', 'mean_baseline', 'DotProduct',
-           'DotProductBias', 'create_params', 'DotProductBiasScratch', 'ItemParams', 'item_params', 'item_bias_table',
-           'factor_pca', 'plot_factor_pca', 'similar_items']
+__all__ = ['RATING_COLS', 'CollabError', 'Planted', 'synth_ratings', 'check_ratings', 'read_ml100k', 'ml100k_cache',
+           'load_movielens', 'collab_dls', 'collab_sizes', 'mean_baseline', 'DotProductBias', 'ItemParams',
+           'item_params', 'item_bias_table', 'factor_pca', 'plot_factor_pca', 'similar_items']
 
-# %% ../nbs/05_collab.ipynb #111a7c96
+# %% ../nbs/05_collab.ipynb #3d871a27
 class CollabError(PaddyError):
-    "Ratings, a MovieLens folder or an item that collaborative filtering cannot use: the message says how to fix it."
+    "Ratings or a MovieLens folder that collaborative filtering can't use."
 
-RATING_COLS = ('user', 'movie', 'rating', 'timestamp', 'title')  # columns of the ratings `load_movielens` returns
+RATING_COLS = ('user', 'movie', 'rating', 'timestamp', 'title')  # the columns `load_movielens` returns
 
 @dataclass(eq=False)  # compared by identity: pandas compares `attrs` when it combines frames
 class Planted:
-    "The truth behind `synth_ratings`: rating = clip(round(mean + user_bias + item_bias + user·item + N(0, noise²)), 1, 5)."
+    "The truth behind `synth_ratings`, and the best any model can do."
     mean:float; user_bias:np.ndarray; item_bias:np.ndarray; user_factors:np.ndarray; item_factors:np.ndarray; noise:float
 
-    def _ui(self, ratings): return ratings['user'].to_numpy()-1, ratings['movie'].to_numpy()-1
-
     def score(self, ratings:pd.DataFrame)->np.ndarray:
-        "The planted score of each row's (user, movie), before noise, rounding and clipping."
-        u,i = self._ui(ratings)
+        "Planted score of each row, before noise, rounding and clipping."
+        u,i = ratings['user'].to_numpy()-1, ratings['movie'].to_numpy()-1
         return self.mean + self.user_bias[u] + self.item_bias[i] + (self.user_factors[u]*self.item_factors[i]).sum(1)
 
     def probs(self, ratings:pd.DataFrame)->np.ndarray:
-        "P(rating = 1..5 | user, movie) for each row: normal probabilities of the rounding bins, the ends open."
+        "P(rating = 1..5) for each row: the normal's mass in each rounding bin."
         m = torch.as_tensor(self.score(ratings), dtype=torch.float64)[:,None]
         edges = torch.tensor([-np.inf, 1.5, 2.5, 3.5, 4.5, np.inf], dtype=torch.float64)
         cdf = torch.special.ndtr((edges-m)/self.noise)
         return (cdf[:,1:]-cdf[:,:-1]).numpy()
 
     def expected(self, ratings:pd.DataFrame)->np.ndarray:
-        "E[rating | user, movie]: the best prediction any model can make, in squared error."
+        "E[rating | user, movie]: the best prediction in squared error."
         return self.probs(ratings) @ np.arange(1,6)
 
     def noise_floor(self, ratings:pd.DataFrame)->float:
-        "The lowest MSE any model can reach on these rows: the mean of Var[rating | user, movie]."
-        p,k = self.probs(ratings),np.arange(1,6)
+        "Lowest MSE any model can reach on `ratings`: mean Var[rating | user, movie]."
+        p,k = self.probs(ratings), np.arange(1,6)
         return float((p@k**2 - (p@k)**2).mean())
 
-# %% ../nbs/05_collab.ipynb #98c925aa
 _WORDS = ((('Love','Garden','Wedding','Letters'), ('Star','Galaxy','Robot','Alien')),  # factor 0: science fiction
           (('Quiet','Dream','Waltz','Sonata'),    ('Fury','Strike','Chase','Blast')))  # factor 1: action
 
 def _synth_titles(item_factors, rng):
-    "Titles that show the planted factors: words for factors 0 and 1, an old (or recent) year for factor 2."
+    "Titles with factors 0 and 1 in words and factor 2 (old) in the year."
     titles = []
     for n,f in enumerate(item_factors, 1):
         words = ' '.join(rng.choice(_WORDS[d][int(f[d]>0)]) for d in range(min(2, len(f)))) or 'Movie'
@@ -73,183 +68,116 @@ def _synth_titles(item_factors, rng):
         titles.append(f'{words} {n:03d} ({year})')
     return titles
 
-def synth_ratings(n_users:int=600,     # users, numbered 1..n_users like MovieLens
-                  n_items:int=400,     # movies, numbered 1..n_items
-                  n_ratings:int=50_000,# ratings: distinct (user, movie) pairs
-                  n_factors:int=3,     # planted latent factors
-                  noise:float=0.8,     # sd of the noise added before rounding
-                  seed:int=42,         # everything is drawn from this seed
-                  mean:float=3.5,      # global mean of the planted score
-                  user_bias_sd:float=0.45, # sd of the planted user biases
-                  item_bias_sd:float=0.6,  # sd of the planted item biases
-                  factor_sd:float=0.5, # sd of the planted dot product user·item
-                 )->pd.DataFrame:      # columns `RATING_COLS`; the truth in `.attrs['planted']` (a `Planted`)
-    "MovieLens-shaped ratings from planted biases and factors plus noise, rounded and clipped to 1..5 stars."
+def _who_rates_what(n_users, n_items, n_ratings, rng):
+    "Distinct (user, movie) pairs, likelier for active users and popular movies."
+    logp = rng.normal(0, .8, n_users)[:,None] + rng.normal(0, 1., n_items)[None]
+    keys = (logp + rng.gumbel(size=logp.shape)).ravel()  # Gumbel top-k: sampling without replacement
+    pairs = rng.permutation(np.argpartition(-keys, n_ratings-1)[:n_ratings])
+    return pd.DataFrame({'user': pairs//n_items + 1, 'movie': pairs%n_items + 1})
+
+def synth_ratings(n_users:int=600,      # users, numbered 1..n_users like MovieLens
+                  n_items:int=400,      # movies, numbered 1..n_items
+                  n_ratings:int=50_000, # distinct (user, movie) pairs rated
+                  n_factors:int=3,      # planted latent factors
+                  noise:float=0.8,      # sd of the noise added before rounding
+                  seed:int=42,          # RNG seed
+                  mean:float=3.5,       # global mean of the planted score
+                  user_bias_sd:float=0.45, # sd of the user biases
+                  item_bias_sd:float=0.6,  # sd of the movie biases
+                  factor_sd:float=0.5,  # sd of the dot product user·item
+                 )->pd.DataFrame:       # columns `RATING_COLS`; the truth in `.attrs['planted']`
+    "MovieLens-shaped ratings from planted biases and factors, plus noise."
     if not 0 < n_ratings <= n_users*n_items:
-        raise CollabError(f"n_ratings={n_ratings} distinct (user, movie) pairs cannot be drawn from "
-                          f"{n_users} users x {n_items} movies: ask for between 1 and {n_users*n_items}.")
-    if noise <= 0 or n_factors < 1:
-        raise CollabError(f"synth_ratings needs noise > 0 and n_factors >= 1 (got noise={noise}, n_factors={n_factors}).")
+        raise CollabError(f"n_ratings={n_ratings}: {n_users} users x {n_items} movies have 1..{n_users*n_items} distinct pairs")
+    if noise <= 0 or n_factors < 1: raise CollabError(f"synth_ratings needs noise > 0 and n_factors >= 1, got {noise}, {n_factors}")
     rng = np.random.default_rng(seed)
     s = (factor_sd**2/n_factors)**0.25  # factors ~ N(0, s²): the dot product of n_factors of them has sd factor_sd
     planted = Planted(mean, rng.normal(0, user_bias_sd, n_users), rng.normal(0, item_bias_sd, n_items),
                       rng.normal(0, s, (n_users,n_factors)), rng.normal(0, s, (n_items,n_factors)), noise)
-    # Who rates what: some users are far more active and some movies far more popular, as in MovieLens. Distinct pairs
-    # with probability ∝ activity x popularity, drawn without replacement by the Gumbel top-k trick.
-    logp = rng.normal(0, .8, n_users)[:,None] + rng.normal(0, 1., n_items)[None]
-    keys = (logp + rng.gumbel(size=logp.shape)).ravel()
-    pairs = rng.permutation(np.argpartition(-keys, n_ratings-1)[:n_ratings])
-    df = pd.DataFrame({'user': pairs//n_items + 1, 'movie': pairs%n_items + 1})
-    score = planted.score(df) + rng.normal(0, noise, len(df))
-    df['rating'] = np.clip(np.rint(score), 1, 5).astype(np.int64)
+    df = _who_rates_what(n_users, n_items, n_ratings, rng)
+    df['rating'] = np.clip(np.rint(planted.score(df) + rng.normal(0, noise, len(df))), 1, 5).astype(np.int64)
     df['timestamp'] = rng.integers(874_724_710, 893_286_639, len(df))  # the span of MovieLens 100k's timestamps
     df['title'] = np.array(_synth_titles(planted.item_factors, rng))[df.movie-1]
     df.attrs['planted'] = planted
     return df
 
-# %% ../nbs/05_collab.ipynb #f826c0da
-def check_ratings(ratings:pd.DataFrame, # one row per rating
-                  user_name:str='user', # column holding the user
-                  item_name:str='title',# column holding the item
-                  rating_name:str='rating', # column holding the (numeric) rating
-                 )->pd.DataFrame:       # `ratings`, unchanged
-    "Raise `CollabError` unless `ratings` has user, item and numeric rating columns without missing values."
-    if not isinstance(ratings, pd.DataFrame):
-        raise CollabError(f"ratings must be a pandas DataFrame with one row per rating, got {type(ratings).__name__}.")
+# %% ../nbs/05_collab.ipynb #98c925aa
+def check_ratings(ratings:pd.DataFrame, user_name='user', item_name='title', rating_name='rating')->pd.DataFrame:
+    "Raise `CollabError` unless `ratings` has user, item and numeric rating columns, no NAs."
+    if not isinstance(ratings, pd.DataFrame): raise CollabError(f"ratings must be a pandas DataFrame, got {type(ratings).__name__}")
     need = [user_name, item_name, rating_name]
-    missing = [c for c in need if c not in ratings.columns]
-    if missing:
-        raise CollabError(f"ratings are missing column(s) {missing}: its columns are {list(ratings.columns)}. Rename "
-                          "yours (`ratings.rename(columns={...})`) or say which columns hold the user, the item and the "
-                          "rating with user_name=, item_name=, rating_name=.")
-    if len(ratings) == 0: raise CollabError("ratings is empty: there is nothing to learn from.")
+    if missing := [c for c in need if c not in ratings.columns]:
+        raise CollabError(f"ratings are missing column(s) {missing} (it has {list(ratings.columns)}): "
+                          "rename them, or pass user_name=, item_name=, rating_name=")
+    if ratings.empty: raise CollabError("ratings is empty: there is nothing to learn from")
     if not pd.api.types.is_numeric_dtype(ratings[rating_name]):
-        raise CollabError(f"ratings[{rating_name!r}] must be numeric, got dtype {ratings[rating_name].dtype}: "
-                          f"convert it with pd.to_numeric(ratings[{rating_name!r}]).")
-    nas = ratings[need].isna().sum()
-    if nas.any():
-        raise CollabError(f"ratings have missing values {nas[nas>0].to_dict()}: drop those rows with "
-                          f"ratings.dropna(subset={need}) or fill them.")
+        raise CollabError(f"ratings[{rating_name!r}] must be numeric, not {ratings[rating_name].dtype}: use pd.to_numeric")
+    if (nas := ratings[need].isna().sum()).any():
+        raise CollabError(f"ratings have missing values {nas[nas>0].to_dict()}: drop or fill those rows")
     return ratings
 
-def read_ml100k(path:str|Path, # a MovieLens 100k folder: `u.data` and `u.item`
-               )->pd.DataFrame: # columns `RATING_COLS`
-    "Read MovieLens 100k as the lesson does: `u.data`'s ratings with `u.item`'s titles merged in."
+def read_ml100k(path:str|Path)->pd.DataFrame: # columns `RATING_COLS`
+    "Read MovieLens 100k as the lesson does: `u.data` with `u.item`'s titles merged in."
     path = Path(path)
-    missing = [f for f in ('u.data','u.item') if not (path/f).is_file()]
-    if missing:
-        raise CollabError(f"{path} is not a MovieLens 100k folder: it has no {' or '.join(missing)}. Point `path` at "
-                          "the unzipped `ml-100k` folder (it holds u.data and u.item).")
+    if missing := [f for f in ('u.data','u.item') if not (path/f).is_file()]:
+        raise CollabError(f"{path} is not a MovieLens 100k folder: it has no {' or '.join(missing)}")
     ratings = pd.read_csv(path/'u.data', delimiter='\t', header=None, names=['user','movie','rating','timestamp'])
-    movies = pd.read_csv(path/'u.item', delimiter='|', encoding='latin-1', usecols=(0,1), names=('movie','title'),
-                         header=None)
+    movies = pd.read_csv(path/'u.item', delimiter='|', encoding='latin-1', usecols=(0,1), names=('movie','title'), header=None)
     check_ratings(ratings, item_name='movie')
-    untitled = sorted(set(ratings.movie) - set(movies.movie))
-    if untitled:
-        raise CollabError(f"{len(untitled)} movie id(s) in {path/'u.data'} have no line in u.item (e.g. {untitled[:5]}): "
-                          "their ratings would be lost when titles are merged in. Is u.item from the same release?")
+    if untitled := sorted(set(ratings.movie) - set(movies.movie)):  # the merge would drop their ratings
+        raise CollabError(f"{len(untitled)} movie id(s) in u.data have no line in u.item (e.g. {untitled[:5]}): "
+                          "is u.item from the same release?")
     return ratings.merge(movies)
 
-def write_ml100k(ratings:pd.DataFrame, # columns user, movie, rating, timestamp, title
-                 dest:str|Path,        # folder to write `u.data` and `u.item` into (created if needed)
-                )->Path:               # `dest`
-    "Write `ratings` as a MovieLens 100k folder (`u.data`, and `u.item` with its 24 pipe-separated latin-1 fields)."
-    check_ratings(ratings, item_name='movie')
-    missing = [c for c in ('timestamp','title') if c not in ratings.columns]
-    if missing: raise CollabError(f"write_ml100k needs columns {list(RATING_COLS)}; ratings lack {missing}.")
-    items = ratings[['movie','title']].drop_duplicates()
-    if items.movie.duplicated().any():
-        raise CollabError(f"movie ids with more than one title, e.g. {items[items.movie.duplicated()].movie.iloc[:5].tolist()}: "
-                          "u.item holds one title per id.")
-    if items.title.str.contains('|', regex=False).any(): raise CollabError("titles may not contain '|', u.item's separator.")
-    lines = []
-    for m,t in items.sort_values('movie').itertuples(index=False):
-        year = re.search(r'\((\d{4})\)\s*$', t)  # u.item: id|title|release date|video release date|IMDb URL|19 genre flags
-        lines.append('|'.join([str(m), t, f'01-Jan-{year[1]}' if year else '', '', 'http://us.imdb.com/'] + ['0']*19))
-    try: item_bytes = ('\n'.join(lines)+'\n').encode('latin-1')
-    except UnicodeEncodeError as e:
-        raise CollabError(f"u.item is latin-1 and a title cannot be written in it: {e.object[max(0,e.start-20):e.end+20]!r}") from None
-    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
-    ratings[['user','movie','rating','timestamp']].to_csv(dest/'u.data', sep='\t', header=False, index=False)
-    (dest/'u.item').write_bytes(item_bytes)
-    return dest
-
-# %% ../nbs/05_collab.ipynb #67fd2b87
 def ml100k_cache()->Path:
     "Where fastai's `untar_data(URLs.ML_100k)` keeps MovieLens 100k."
     return fastai_path('data')/'ml-100k'
 
-def load_movielens(path:str|Path|None=None, # a MovieLens 100k folder (`u.data`, `u.item`): read it, never anything else
-                   download:bool=False,     # without `path` or a cached copy: fetch it with fastai's `untar_data`
-                   timeout:float=10.,       # seconds the download may wait on the network before failing
+def _download(timeout):
+    "`untar_data(URLs.ML_100k)` under a socket timeout; one `CollabError` if it fails."
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try: return untar_data(URLs.ML_100k)
+    except Exception as e:
+        raise CollabError(f"could not download MovieLens 100k ({type(e).__name__}: {e}): "
+                          "pass path= to a copy, or drop download=True") from e
+    finally: socket.setdefaulttimeout(old)
+
+def load_movielens(path:str|Path|None=None, # a MovieLens 100k folder (`u.data`, `u.item`)
+                   download:bool=False,     # no `path` and no cached copy: fetch it with `untar_data`
+                   timeout:float=10.,       # seconds the download may wait on the network
                    **synth_kwargs,          # passed to `synth_ratings` when there is no real data
                   )->pd.DataFrame:          # columns `RATING_COLS`
-    "MovieLens 100k from `path`, fastai's cache or (if `download`) the web; else a warning and `synth_ratings()`."
+    "MovieLens 100k from `path`, fastai's cache or the web; else `synth_ratings()`, warning."
+    if path is None and (ml100k_cache()/'u.data').is_file(): path = ml100k_cache()
+    if path is None and download: path = _download(timeout)
     if path is not None: return read_ml100k(path)
-    if (ml100k_cache()/'u.data').is_file(): return read_ml100k(ml100k_cache())
-    if download:
-        old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(timeout)
-        try: return read_ml100k(untar_data(URLs.ML_100k))
-        except CollabError: raise
-        except Exception as e:
-            raise CollabError(f"could not download MovieLens 100k from {URLs.ML_100k} ({type(e).__name__}: {e}). Fetch "
-                              "and unzip it yourself and pass path=, or drop download=True to use synthetic ratings.") from e
-        finally: socket.setdefaulttimeout(old)
-    warnings.warn(f"MovieLens 100k is not in {ml100k_cache()} and download=False: using synth_ratings() instead, "
-                  "ratings from planted factors (truth in .attrs['planted']). For the real data pass path= (a folder "
-                  "with u.data and u.item) or download=True.", stacklevel=2)
+    warnings.warn(f"MovieLens 100k is not in {ml100k_cache()}: using synth_ratings(). "
+                  "For the real data pass path= or download=True.", stacklevel=2)
     return synth_ratings(**synth_kwargs)
 
-# %% ../nbs/05_collab.ipynb #c2ddddcd
-def collab_dls(ratings:pd.DataFrame,  # one row per rating
-               user_name:str='user',  # column holding the user
-               item_name:str='title', # column holding the item
-               rating_name:str='rating', # column holding the rating
-               valid_pct:float=0.2,   # share of ratings held out for validation
-               seed:int|None=42,      # seed of the random split
-               bs:int=512,            # batch size
-               **kwargs,              # passed to `CollabDataLoaders.from_df`
-              )->CollabDataLoaders:
-    "Check `ratings` and build the `CollabDataLoaders` the lesson trains on."
+# %% ../nbs/05_collab.ipynb #6c93686a
+def collab_dls(ratings:pd.DataFrame, user_name='user', item_name='title', rating_name='rating', valid_pct=0.2,
+               seed:int|None=42, bs=512, **kwargs)->CollabDataLoaders:
+    "Check `ratings` and build `CollabDataLoaders.from_df` as the lesson does."
     check_ratings(ratings, user_name, item_name, rating_name)
     return CollabDataLoaders.from_df(ratings, valid_pct=valid_pct, user_name=user_name, item_name=item_name,
                                      rating_name=rating_name, seed=seed, bs=bs, **kwargs)
 
-def collab_sizes(dls:CollabDataLoaders)->tuple: # (n_users, n_items), counting fastai's '#na#' slot
-    "How many users and items the embeddings of `dls` need."
+def collab_sizes(dls:CollabDataLoaders)->tuple:
+    "(n_users, n_items) the embeddings of `dls` need, '#na#' included."
     u,i = dls.cat_names[:2]
     return len(dls.classes[u]), len(dls.classes[i])
 
 def mean_baseline(dls:CollabDataLoaders)->float:
-    "Validation MSE of predicting every rating with the training mean: what a model must beat."
+    "Validation MSE of predicting the training mean: what a model must beat."
     y = dls.y_names[0]
     return float(((dls.valid.items[y] - dls.train.items[y].mean())**2).mean())
 
-# %% ../nbs/05_collab.ipynb #3a568d57
-class DotProduct(Module):
-    "Predict a rating as the dot product of the user's and the movie's latent factors (squashed into `y_range` if given)."
-    def __init__(self, n_users:int,  # users (rows of the user embedding)
-                 n_movies:int,       # movies (rows of the movie embedding)
-                 n_factors:int,      # latent factors per user and per movie
-                 y_range:tuple|None=None): # (low, high): pass the result through `sigmoid_range`
-        self.user_factors = Embedding(n_users, n_factors)
-        self.movie_factors = Embedding(n_movies, n_factors)
-        self.y_range = y_range
-
-    def forward(self, x):
-        users = self.user_factors(x[:,0])
-        movies = self.movie_factors(x[:,1])
-        res = (users * movies).sum(dim=1)
-        return res if self.y_range is None else sigmoid_range(res, *self.y_range)
-
-# %% ../nbs/05_collab.ipynb #39547efe
+# %% ../nbs/05_collab.ipynb #062ef16b
 class DotProductBias(Module):
-    "`DotProduct` plus a bias per user and per movie, squashed into `y_range`: the model `collab_learner` builds."
-    def __init__(self, n_users:int,  # users (rows of the user embeddings)
-                 n_movies:int,       # movies (rows of the movie embeddings)
-                 n_factors:int,      # latent factors per user and per movie
-                 y_range:tuple=(0,5.5)): # predictions are squashed into (low, high) by `sigmoid_range`
+    "Dot product of user and movie factors, plus their biases, in `y_range`."
+    def __init__(self, n_users, n_movies, n_factors, y_range=(0,5.5)):
         self.user_factors = Embedding(n_users, n_factors)
         self.user_bias = Embedding(n_users, 1)
         self.movie_factors = Embedding(n_movies, n_factors)
@@ -263,76 +191,43 @@ class DotProductBias(Module):
         res += self.user_bias(x[:,0]) + self.movie_bias(x[:,1])
         return sigmoid_range(res, *self.y_range)
 
-# %% ../nbs/05_collab.ipynb #21ea284e
-def create_params(size:tuple|list, # shape of the parameter tensor
-                 )->nn.Parameter:  # a trainable tensor drawn from N(0, 0.01²)
-    "A new trainable parameter tensor of shape `size`, initialised as fastai initialises embeddings."
-    return nn.Parameter(torch.zeros(*size).normal_(0, 0.01))
-
-class DotProductBiasScratch(Module):
-    "`DotProductBias` with parameter tensors indexed directly (made by `create_params`), no `Embedding`."
-    def __init__(self, n_users:int,  # users
-                 n_movies:int,       # movies
-                 n_factors:int,      # latent factors per user and per movie
-                 y_range:tuple=(0,5.5)): # predictions are squashed into (low, high) by `sigmoid_range`
-        self.user_factors = create_params([n_users, n_factors])
-        self.user_bias = create_params([n_users])
-        self.movie_factors = create_params([n_movies, n_factors])
-        self.movie_bias = create_params([n_movies])
-        self.y_range = y_range
-
-    def forward(self, x):
-        users = self.user_factors[x[:,0]]
-        movies = self.movie_factors[x[:,1]]
-        res = (users*movies).sum(dim=1)
-        res += self.user_bias[x[:,0]] + self.movie_bias[x[:,1]]
-        return sigmoid_range(res, *self.y_range)
-
-# %% ../nbs/05_collab.ipynb #b8cf9e85
+# %% ../nbs/05_collab.ipynb #39547efe
 @dataclass
 class ItemParams:
-    "An item table (title, training `n_ratings`) with the matching rows of the model's item factors and biases."
+    "Items seen in training (name, `n_ratings`), with their factors and biases."
     items:pd.DataFrame; factors:torch.Tensor; bias:torch.Tensor|None
 
-def item_params(learn:Learner, # trained on `collab_dls`, model `DotProduct`, `DotProductBias`, `DotProductBiasScratch` or fastai's
-               )->ItemParams:
-    "The learned item factors (and biases, if the model has them) of the items seen in training."
-    m, dls = learn.model, learn.dls
-    if isinstance(m, EmbeddingDotBias): w,b = m.i_weight.weight, m.i_bias.weight
-    elif isinstance(m, EmbeddingNN): w,b = m.embeds[1].weight, None
-    elif hasattr(m, 'movie_factors'):
-        w,b = m.movie_factors, getattr(m, 'movie_bias', None)
-        w,b = getattr(w, 'weight', w), getattr(b, 'weight', b)
-    else: raise CollabError(f"item_params does not know where {type(m).__name__} keeps its item factors: use "
-                            "DotProduct, DotProductBias, DotProductBiasScratch or a collab_learner.")
-    item = dls.cat_names[1]
+def _item_weights(m):
+    "The item factor and bias tensors of a collaborative-filtering model."
+    if isinstance(m, EmbeddingDotBias): return m.i_weight.weight, m.i_bias.weight
+    if isinstance(m, EmbeddingNN): return m.embeds[1].weight, None
+    if not hasattr(m, 'movie_factors'):
+        raise CollabError(f"{type(m).__name__} has no item factors: use DotProductBias or collab_learner")
+    w,b = m.movie_factors, getattr(m, 'movie_bias', None)
+    return getattr(w, 'weight', w), getattr(b, 'weight', b)
+
+def item_params(learn:Learner)->ItemParams:
+    "The learned factors (and biases) of the items seen in training."
+    w,b = _item_weights(learn.model)
+    dls = learn.dls; item = dls.cat_names[1]
     counts = np.bincount(dls.train.items[item].to_numpy(), minlength=len(dls.classes[item]))
-    keep = np.flatnonzero(counts)  # drops '#na#' and items only in the validation set (their rows are untrained)
+    keep = np.flatnonzero(counts)  # drops '#na#' and items only in the validation set: their rows are untrained
     items = pd.DataFrame({item: np.array(dls.classes[item], dtype=object)[keep], 'n_ratings': counts[keep]})
-    w = w.detach().cpu().float()[keep]
-    return ItemParams(items, w, None if b is None else b.detach().cpu().float().view(len(counts), -1)[keep, 0])
+    bias = None if b is None else b.detach().cpu().float().view(len(counts), -1)[keep, 0]
+    return ItemParams(items, w.detach().cpu().float()[keep], bias)
 
-# %% ../nbs/05_collab.ipynb #b1124078
-def item_bias_table(learn:Learner, # trained with an item bias (not `use_nn=True`)
-                    n:int|None=5,  # rows from each end; `None`: every item, sorted
-                   )->pd.DataFrame:# which, title, bias, n_ratings
-    "The items with the lowest and the highest learned bias."
+def item_bias_table(learn:Learner, n:int|None=5)->pd.DataFrame:
+    "The `n` items with the lowest and highest learned bias (`None`: all, sorted)."
     ip = item_params(learn)
-    if ip.bias is None:
-        raise CollabError(f"{type(learn.model).__name__} has no item bias (use_nn=True folds it into the network): use "
-                          "DotProductBias or collab_learner(use_nn=False).")
-    df = ip.items.assign(bias=ip.bias.numpy()).sort_values('bias', ignore_index=True)
-    df = df[[df.columns[0], 'bias', 'n_ratings']]
+    if ip.bias is None: raise CollabError(f"{type(learn.model).__name__} has no item bias: use collab_learner(use_nn=False)")
+    df = ip.items.assign(bias=ip.bias.numpy()).sort_values('bias', ignore_index=True)[[ip.items.columns[0], 'bias', 'n_ratings']]
     if n is None: return df
-    return pd.concat([df.head(n).assign(which='lowest'), df.tail(n).iloc[::-1].assign(which='highest')],
-                     ignore_index=True)[['which', *df.columns]]
+    ends = [df.head(n).assign(which='lowest'), df.tail(n).iloc[::-1].assign(which='highest')]
+    return pd.concat(ends, ignore_index=True)[['which', *df.columns]]
 
-# %% ../nbs/05_collab.ipynb #b572ccc9
-def factor_pca(learn:Learner,        # a trained collaborative-filtering learner
-               n_components:int=2,   # principal components to keep
-               n_items:int|None=None,# only the `n_items` most-rated items (fastbook plots the top 1000)
-              )->pd.DataFrame:       # index: item; PC1.., n_ratings; `.attrs['explained']`: variance share per PC
-    "Project the learned item factors onto their first principal components."
+# %% ../nbs/05_collab.ipynb #b5c2bcd0
+def factor_pca(learn:Learner, n_components=2, n_items:int|None=None)->pd.DataFrame:
+    "Item factors (of the `n_items` most rated) on their first principal components."
     ip = item_params(learn)
     keep = np.argsort(-ip.items.n_ratings.to_numpy(), kind='stable')[:n_items]
     w = ip.factors[keep]
@@ -343,17 +238,11 @@ def factor_pca(learn:Learner,        # a trained collaborative-filtering learner
     items = ip.items.iloc[keep]
     df = pd.DataFrame(pcs.numpy(), index=pd.Index(items.iloc[:,0], name=items.columns[0]),
                       columns=[f'PC{i+1}' for i in range(pcs.shape[1])]).assign(n_ratings=items.n_ratings.to_numpy())
-    df.attrs['explained'] = tuple((s**2/(s**2).sum())[:n_components].tolist())  # a tuple: pandas compares attrs
+    df.attrs['explained'] = tuple((s**2/(s**2).sum())[:n_components].tolist())  # variance share; a tuple: pandas compares attrs
     return df
 
-def plot_factor_pca(pcs:pd.DataFrame, # from `factor_pca`
-                    n_labels:int=30,  # label this many of the most-rated items
-                    ax=None,          # matplotlib axes (default: a new figure)
-                    x:str='PC1',      # component on the horizontal axis
-                    y:str='PC2',      # component on the vertical axis
-                    **kwargs,         # passed to `ax.scatter`, e.g. `c=` to colour the points
-                   ):                 # the axes
-    "Scatter the items on two principal components, labelling the most-rated ones."
+def plot_factor_pca(pcs:pd.DataFrame, n_labels=30, ax=None, x='PC1', y='PC2', **kwargs):
+    "Scatter `factor_pca`'s items on `x` and `y`, labelling the `n_labels` most rated."
     if ax is None: _,ax = plt.subplots(figsize=(10,10))
     ax.scatter(pcs[x], pcs[y], s=12, alpha=0.7, **kwargs)
     for t,r in pcs.nlargest(n_labels, 'n_ratings').iterrows(): ax.text(r[x], r[y], t, fontsize=7)
@@ -361,22 +250,16 @@ def plot_factor_pca(pcs:pd.DataFrame, # from `factor_pca`
     ax.set_xlabel(f'{x} ({ex.get(x, np.nan):.0%} of variance)'); ax.set_ylabel(f'{y} ({ex.get(y, np.nan):.0%} of variance)')
     return ax
 
-# %% ../nbs/05_collab.ipynb #0878bada
-def similar_items(learn:Learner, # a trained collaborative-filtering learner
-                  title:str,     # the item to start from, as in the item column (e.g. 'Silence of the Lambs, The (1991)')
-                  n:int=5,       # how many neighbours
-                 )->pd.DataFrame:# title, similarity (cosine), n_ratings
-    "The `n` items whose learned factors are closest in direction (cosine) to `title`'s."
+# %% ../nbs/05_collab.ipynb #03155068
+def similar_items(learn:Learner, title:str, n=5)->pd.DataFrame:
+    "The `n` items whose learned factors point closest (cosine) to `title`'s."
     ip = item_params(learn)
     name = ip.items.columns[0]
     titles = ip.items[name].tolist()
     if title not in titles:
-        if title in set(learn.dls.classes[name]):
-            raise CollabError(f"{title!r} has no training ratings (all of them fell in the validation set), so its "
-                              "factors were never learned.")
+        if title in set(learn.dls.classes[name]): raise CollabError(f"{title!r} has no training ratings: its factors were never learned")
         close = difflib.get_close_matches(str(title), [str(t) for t in titles], n=5, cutoff=0.5)
-        raise CollabError(f"{title!r} is not one of the {len(titles)} items the model was trained on"
-                          + (f"; close matches: {close}" if close else "") + f". Items are named by the {name!r} column.")
+        raise CollabError(f"{title!r} is not one of the {len(titles)} items trained on" + (f"; close matches: {close}" if close else ''))
     f = F.normalize(ip.factors, dim=1)
     i = titles.index(title)
     sims = f @ f[i]

@@ -1,4 +1,4 @@
-"""The seed's `train(arch, size, item, accum, finetune, epochs)`, recognisable line by line, with what a real run needs: the data options, 64 items per optimizer step whatever `accum` is, `GradAccum`, precision chosen for the device, today's timm names, and a way to stop after a few batches.
+"""Road to the Top's `train`, with eff_bs, precision and timm names
 
 Docs: https://paddy-lib.github.io/paddy_lib/training.html.md"""
 
@@ -14,8 +14,8 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.learner import Learner
 from fastai.metrics import error_rate
 from fastai.vision.all import Resize, vision_learner
-from .data import PaddyError, paddy_data, paddy_dls, dls_dataset, get_test_files, smallest_label, default_pretrained
-from .accumulation import GradAccum
+from .data import PaddyError, paddy_data, paddy_dls, dls_dataset, get_test_files, default_pretrained
+from .accumulation import GradAccum, StepSchedule
 
 # %% auto #0
 __all__ = ['TIMM_RENAMES', 'timm_arch', 'check_weights', 'precision_for', 'StopAfter', 'paddy_learner', 'fit_recipe',
@@ -36,16 +36,13 @@ TIMM_RENAMES = {  # the course's timm 0.6 names -> today's `architecture.tag` fo
 }
 
 def _timm_deprecated() -> dict:
-    "timm's own map of deprecated names (a private registry: empty if a future timm moves it)."
+    "timm's own map of deprecated names (private: empty if timm moves it)."
     try: from timm.models._registry import _deprecated_models
     except ImportError: return {}
     return {k: v for k, v in _deprecated_models.items() if v}
 
-def timm_arch(name:str,          # a timm model name: today's (`convnext_small.fb_in22k`), or the seed's (`convnext_small_in22k`)
-              verbose:bool=True, # print a one-line note when the name is mapped
-             )->str:             # the name today's timm knows
-    "Map the course's timm 0.6 model names to today's timm names (with a note); check that timm knows the result."
-    if not isinstance(name, str): raise PaddyError(f"timm_arch({name!r}): pass a timm model name (a str), e.g. 'resnet18'.")
+def timm_arch(name:str, verbose:bool=True)->str:
+    "Today's timm name for `name`, mapping the course's timm 0.6 names."
     if name.startswith(('hf-hub:', 'hf_hub:')): return name  # a Hugging Face Hub model: timm resolves it
     new = TIMM_RENAMES.get(name) or _timm_deprecated().get(name)
     if new:
@@ -54,20 +51,16 @@ def timm_arch(name:str,          # a timm model name: today's (`convnext_small.f
     base, _, tag = name.partition('.')
     if not timm.is_model(base):
         close = difflib.get_close_matches(name, [*timm.list_models(), *TIMM_RENAMES], n=5, cutoff=0.6)
-        raise PaddyError(f"timm has no model {name!r}." + (f" Close matches: {', '.join(close)}." if close else "")
-                         + " `timm.list_models('*pattern*')` lists the names.")
-    if tag and name not in timm.list_models(base, pretrained=True):
-        tags = [m.partition('.')[2] for m in timm.list_models(base, pretrained=True)]
-        raise PaddyError(f"timm's {base} has no weights tagged {tag!r}: its tags are {', '.join(tags) or 'none'}.")
+        raise PaddyError(f"timm has no model {name!r}." + (f" Close matches: {', '.join(close)}." if close else ""))
+    tags = [m.partition('.')[2] for m in timm.list_models(base, pretrained=True)]
+    if tag and tag not in tags: raise PaddyError(f"timm's {base} has no weights tagged {tag!r}: its tags are {', '.join(tags) or 'none'}.")
     return name
 
-# %% ../nbs/02_training.ipynb #572fb10e
+# %% ../nbs/02_training.ipynb #ce7ef9a9
 _WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_model.bin')
 
-def check_weights(arch:str,          # timm model name (today's, or the seed's: mapped by `timm_arch`)
-                  timeout:float=10., # seconds to wait for the hub's answer
-                 )->str:             # 'cache' (already here) or the hub's address (reachable: timm downloads them)
-    "Can timm get `arch`'s pretrained weights (from the cache or the hub)? A `PaddyError` naming `pretrained=False` if not."
+def check_weights(arch:str, timeout:float=10.)->str:
+    "'cache' or the hub's address if timm can get `arch`'s weights, else a `PaddyError`."
     import requests, huggingface_hub as hf
     from timm.models import get_pretrained_cfg
     arch = timm_arch(arch, verbose=False)
@@ -82,114 +75,86 @@ def check_weights(arch:str,          # timm model name (today's, or the seed's: 
         if hf.constants.HF_HUB_OFFLINE: raise OSError('HF_HUB_OFFLINE is set')
         requests.head(endpoint, timeout=timeout)
     except OSError as e:  # requests' errors are OSErrors
-        raise PaddyError(f"{arch}'s pretrained weights ({hub_id or url}) are not in the cache ({hf.constants.HF_HUB_CACHE if hub_id else torch.hub.get_dir()}) and "
-                         f"{endpoint} can't be reached ({type(e).__name__}): train from random weights with --no-pretrained "
-                         f"(pretrained=False), or get the weights: turn the internet on (on Kaggle: the notebook's settings), "
-                         f"or point HF_HOME at a copy of a cache that holds them.") from None
+        cache = hf.constants.HF_HUB_CACHE if hub_id else torch.hub.get_dir()
+        raise PaddyError(f"{arch}'s pretrained weights ({hub_id or url}) are not in the cache ({cache}) and {endpoint} can't "
+                         f"be reached ({type(e).__name__}): train with --no-pretrained (pretrained=False), turn the internet "
+                         f"on (on Kaggle: the notebook's settings), or point HF_HOME at a cache that holds them.") from None
     return endpoint
 
-# %% ../nbs/02_training.ipynb #bf952f4f
+# %% ../nbs/02_training.ipynb #336bf1c5
 _PRECISIONS = ('auto', 'fp16', 'bf16', 'fp32')
 
 def _bf16_native(dev:torch.device)->bool:
-    "Does CUDA device `dev` compute in bfloat16 in hardware (compute capability 8.0+, Ampere and later)?"
+    "Does CUDA device `dev` compute in bfloat16 (compute capability 8.0+)?"
     return bool(torch.version.hip) or torch.cuda.get_device_capability(dev)[0] >= 8
 
-def precision_for(device:str|torch.device|None=None, # where the model trains (default: CUDA if available)
-                  precision:str='auto',              # 'auto', 'fp16', 'bf16' or 'fp32'
-                 )->str:                             # 'fp16', 'bf16' or 'fp32'
-    "The precision to train in on `device`: 'auto' is bf16 on a GPU that computes in it (Ampere+), fp16 on other GPUs, fp32 on a CPU."
+def precision_for(device:str|torch.device|None=None, precision:str='auto')->str:
+    "'fp16', 'bf16' or 'fp32' for `device`: 'auto' is bf16 on Ampere+, fp16 on older GPUs, fp32 on a CPU."
     if precision not in _PRECISIONS: raise PaddyError(f"precision={precision!r}: use one of {', '.join(_PRECISIONS)}.")
-    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    cuda = dev.type == 'cuda'
-    if precision == 'auto': return ('bf16' if _bf16_native(dev) else 'fp16') if cuda else 'fp32'
-    if precision in ('fp16', 'bf16') and not cuda:
-        raise PaddyError(f"precision={precision!r} needs a CUDA GPU (fastai's mixed precision autocasts on CUDA), but the "
-                         f"model trains on {dev}: use precision='auto' or 'fp32'.")
+    dev = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
+    if dev.type != 'cuda':
+        if precision in ('fp16', 'bf16'): raise PaddyError(f"precision={precision!r} needs a CUDA GPU, but the model trains on {dev}: use 'auto' or 'fp32'.")
+        return 'fp32'
+    if precision == 'auto': return 'bf16' if _bf16_native(dev) else 'fp16'
     if precision == 'bf16' and not _bf16_native(dev):
-        major, minor = torch.cuda.get_device_capability(dev)
-        raise PaddyError(f"precision='bf16' needs a GPU that computes in bfloat16 (compute capability 8.0+, Ampere or later), "
-                         f"but {dev} has {major}.{minor}: use 'fp16' or 'auto'.")
+        cap = '.'.join(map(str, torch.cuda.get_device_capability(dev)))
+        raise PaddyError(f"precision='bf16' needs compute capability 8.0+ (Ampere or later), but {dev} has {cap}: use 'fp16' or 'auto'.")
     return precision
 
-# %% ../nbs/02_training.ipynb #8eb018fd
+# %% ../nbs/02_training.ipynb #d0e2d082
 class StopAfter(Callback):
-    "Cancel training after `n` training batches, counted across every `fit` of the learner (so `fine_tune` too)."
+    "Cancel training after `n` training batches, across every `fit`."
     order = 99  # after the other callbacks have seen the batch (GradAccum steps, Recorder logs)
-    def __init__(self, n:int): # training batches to run; with `accum`, at least `accum` for one optimizer step
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise PaddyError(f"StopAfter(n={n!r}): `n` is a number of training batches, a positive int.")
-        self.n, self.count = int(n), 0
-    def before_train(self):  # not `before_fit`: `tta` calls `before_fit` too, and must still predict after a short fit
+    def __init__(self, n:int):
+        if not isinstance(n, numbers.Integral) or n < 1: raise PaddyError(f"StopAfter({n!r}): `n` counts training batches, a positive int.")
+        self.n,self.count = int(n),0
+    def before_train(self):
         if self.count >= self.n: raise CancelFitException()
     def after_batch(self):
         if not self.training: return
         self.count += 1
         if self.count >= self.n: raise CancelFitException()
 
-# %% ../nbs/02_training.ipynb #421b02af
-def paddy_learner(arch:str,                   # timm model name (the seed's names are mapped by `timm_arch`), or a model function
-                  size:int|tuple,             # training image size (after the batch transforms)
-                  item=None,                  # item transform (default: `Resize(480, method='squish')`)
-                  accum:int=1,                # micro-batches per optimizer step: `bs=eff_bs//accum` (`bs*accum` must be `eff_bs`)
-                  path:str|Path|None=None,    # dataset root (default: `paddy_data()`)
-                  trn_path:str|Path|None=None,# train on this folder instead of train_images/ (e.g. one label's, to probe memory)
-                  eff_bs:int=64,              # items per optimizer step, kept whatever `accum` is
-                  bs:int|None=None,           # micro-batch size (default: `eff_bs//accum`; else `bs*accum` must be `eff_bs`)
-                  valid_pct:float=0.2,        # share of the images held out for validation
-                  seed:int|None=None,         # seed of the split (None: a new split each call, as the seed for ensembling)
-                  splitter=None,              # a fastai splitter overriding `valid_pct`/`seed`
-                  pretrained:bool|None=None,  # pretrained weights (None: `default_pretrained` of the data used: False on the demo)
-                  precision:str='auto',       # 'auto' (bf16/fp16 on CUDA, fp32 on a CPU), 'fp16', 'bf16' or 'fp32'
-                  metrics=error_rate,         # metrics, as for `vision_learner`
-                  cbs=None,                   # more callbacks
-                  dls=None,                   # ready DataLoaders: skips building them (and `path`, ...); their `bs*accum` must be `eff_bs`
-                  num_workers:int|None=None,  # DataLoader worker processes (None: fastai's default, one per CPU)
-                  **kwargs,                   # passed to `vision_learner`, and through it to timm (e.g. `img_size=` for a ViT)
-                 )->Learner:
-    "The seed's DataLoaders and `vision_learner`, with `eff_bs` items per step at any `accum`, `GradAccum`, and device precision."
+# %% ../nbs/02_training.ipynb #6170df98
+def _micro_bs(accum, eff_bs, bs, dls)->int:
+    "The micro-batch size, checked to make `eff_bs` items per step with `accum`."
     if isinstance(accum, bool) or not isinstance(accum, numbers.Integral) or accum < 1:
-        raise PaddyError(f"accum={accum!r}: the number of micro-batches per optimizer step is a positive int (1, 2, 4, ...).")
+        raise PaddyError(f"accum={accum!r}: micro-batches per optimizer step, a positive int (1, 2, 4, ...).")
     if dls is not None:
-        if bs is not None and bs != dls.train.bs:
-            raise PaddyError(f"bs={bs}, but the `dls` given have batches of {dls.train.bs}: pass one or the other.")
+        if bs is not None and bs != dls.train.bs: raise PaddyError(f"bs={bs}, but the `dls` given have batches of {dls.train.bs}: pass one or the other.")
         bs = dls.train.bs
-    elif bs is None:
-        if eff_bs % accum: raise PaddyError(f"accum={accum} does not divide eff_bs={eff_bs}, so steps could not hold "
-                                            f"{eff_bs} items: use a divisor of {eff_bs} (1, 2, 4, ...), or pass `bs` yourself.")
-        bs = eff_bs // accum
-    if bs * accum != eff_bs:
-        raise PaddyError(f"batches of {bs} × accum={accum} = {bs*accum} items, but `GradAccum` steps every eff_bs={eff_bs} "
-                         f"items, so accum={accum} would be ignored: pass eff_bs={bs*accum}, or leave `bs` to paddy_learner "
-                         f"(bs=eff_bs//accum).")
+    if bs is None:
+        if eff_bs % accum: raise PaddyError(f"accum={accum} does not divide eff_bs={eff_bs}: use a divisor (1, 2, 4, ...), or pass `bs`.")
+        bs = eff_bs//accum
+    if bs*accum != eff_bs:
+        raise PaddyError(f"batches of {bs} × accum={accum} = {bs*accum} items, but GradAccum steps every eff_bs={eff_bs} items, "
+                         f"so accum={accum} would be ignored: pass eff_bs={bs*accum}, or leave `bs` to paddy_learner.")
+    return bs
+
+def paddy_learner(arch:str, size:int|tuple, item=None, accum:int=1, path=None, trn_path=None, eff_bs:int=64,
+                  bs:int|None=None, valid_pct:float=0.2, seed:int|None=None, splitter=None, pretrained:bool|None=None,
+                  precision:str='auto', metrics=error_rate, cbs=None, dls=None, num_workers:int|None=None, **kwargs)->Learner:
+    "Road to the Top's `vision_learner`, `eff_bs` items per step at any `accum`."
+    bs = _micro_bs(accum, eff_bs, bs, dls)
     if dls is None:
-        if path is None: path = paddy_data()
-        dls = paddy_dls(path, size, item=item, bs=bs, valid_pct=valid_pct, seed=seed, trn_path=trn_path, splitter=splitter,
-                        **({} if num_workers is None else dict(num_workers=num_workers)))
+        dls = paddy_dls(path if path is not None else paddy_data(), size, item=item, bs=bs, valid_pct=valid_pct, seed=seed,
+                        trn_path=trn_path, splitter=splitter, **({} if num_workers is None else dict(num_workers=num_workers)))
     if len(dls.train) == 0:
-        raise PaddyError(f"{len(dls.train_ds)} training images (after the validation split) make no full batch of "
-                         f"{dls.train.bs} (fastai drops the last partial batch when training): train on more images, or "
-                         f"on smaller batches: a larger `accum` that divides eff_bs={eff_bs} (batches of eff_bs//accum items; "
-                         f"for `paddy ensemble`, a member's `accum` in its --configs file), or in Python a lower `eff_bs` or `bs`.")
-    if pretrained is None:
-        ds = dls_dataset(dls)  # the dataset trained on (`paddy_dls` records it; others: found from the images)
-        pretrained = ds is None or default_pretrained(ds)
+        raise PaddyError(f"{len(dls.train_ds)} training images (after the validation split) make no full batch of {dls.train.bs}: "
+                         f"train on more images, or on smaller batches: a larger `accum` that divides eff_bs={eff_bs} (for "
+                         f"`paddy ensemble`, a member's `accum` in its --configs file), or a lower `eff_bs`.")
+    if pretrained is None: pretrained = (ds := dls_dataset(dls)) is None or default_pretrained(ds)
     prec = precision_for(dls.device, precision)
     if isinstance(arch, str):
         arch = timm_arch(arch)
         if pretrained: check_weights(arch)  # offline and not cached: one clear line now, not a hub traceback in a minute
-    learn = vision_learner(dls, arch, metrics=metrics, cbs=[GradAccum(eff_bs), *L(cbs)], pretrained=pretrained, **kwargs)
-    if prec == 'fp16': learn.to_fp16()
-    elif prec == 'bf16': learn.to_bf16()
-    return learn
+    learn = vision_learner(dls, arch, metrics=metrics, cbs=[GradAccum(eff_bs), StepSchedule(eff_bs), *L(cbs)],
+                           pretrained=pretrained, **kwargs)
+    return learn.to_fp16() if prec == 'fp16' else learn.to_bf16() if prec == 'bf16' else learn
 
-# %% ../nbs/02_training.ipynb #a98f6958
-def fit_recipe(learn:Learner,            # a learner from `paddy_learner` (or `vision_learner`: it records `pretrained`)
-               epochs:int,               # epochs (after `fine_tune`'s frozen one)
-               lr:float=0.01,            # learning rate (the seed's 0.01)
-               finetune:bool|None=None,  # True: `fine_tune`; False: `unfreeze` + `fit_one_cycle`; None: by the weights
-              )->str:                    # the recipe used: 'fine_tune' or 'fit_one_cycle'
-    "Train `learn` with the recipe for its weights: `fine_tune` from pretrained ones, `fit_one_cycle` on everything from random ones."
+# %% ../nbs/02_training.ipynb #8eb018fd
+def fit_recipe(learn:Learner, epochs:int, lr:float=0.01, finetune:bool|None=None)->str:
+    "Fit by the weights' recipe: `fine_tune` if pretrained, else `fit_one_cycle` on everything."
     if finetune is None: finetune = bool(getattr(learn, 'pretrained', True))
     if finetune: learn.fine_tune(epochs, lr)
     else:
@@ -198,35 +163,20 @@ def fit_recipe(learn:Learner,            # a learner from `paddy_learner` (or `v
     return 'fine_tune' if finetune else 'fit_one_cycle'
 
 def recipe_note(pretrained:bool)->str:
-    "One line saying which recipe `finetune=None` picks for `pretrained`, and why."
+    "Which recipe `finetune=None` picks for `pretrained`, and why."
     return ("fine_tune (pretrained weights: one epoch on the new head, then everything)" if pretrained else
             "fit_one_cycle on the whole model (random weights: there is nothing to keep frozen)")
 
-# %% ../nbs/02_training.ipynb #4f546cf9
-def train(arch:str,                          # timm model name (the seed's names are mapped by `timm_arch`)
-          size:int|tuple,                    # training image size
-          item=Resize(480, method='squish'), # item transform, applied before the batch augmentations
-          accum:int=1,                       # micro-batches per optimizer step (`bs=eff_bs//accum`)
-          finetune:bool|None=None,           # True: `fine_tune` + TTA; False: `unfreeze` + `fit_one_cycle`, no TTA; None: by the weights, + TTA
-          epochs:int=12,                     # epochs (after `fine_tune`'s frozen one)
-          path:str|Path|None=None,           # dataset root (default: `paddy_data()`)
-          lr:float=0.01,                     # learning rate (the seed's 0.01)
-          trn_path:str|Path|None=None,       # train on this folder instead of train_images/
-          eff_bs:int=64,                     # items per optimizer step
-          seed:int|None=None,                # split seed (None: a new split each call, for ensembling)
-          n_batches:int|None=None,           # stop training after this many batches (a memory probe; TTA still runs if predicting)
-          return_learner:bool=False,         # return `(learn, tta)` instead of the seed's `tta`
-          tst_files=None,                    # test images for TTA (default: `get_test_files(path)`)
-          cbs=None,                          # more callbacks
-          **kwargs,                          # passed to `paddy_learner` (pretrained, precision, bs, dls, ...) and timm
-         ):                                  # TTA `(preds, targs)` unless `finetune=False`, else None; with the learner first if `return_learner`
-    "The seed's `train`: fit `arch` at `size` with `eff_bs` items per step over `accum` micro-batches, by the weights' recipe; TTA the test set."
+def train(arch:str, size:int|tuple, item=Resize(480, method='squish'), accum:int=1, finetune:bool|None=None,
+          epochs:int=12, path=None, lr:float=0.01, trn_path=None, eff_bs:int=64, seed:int|None=None,
+          n_batches:int|None=None, return_learner:bool=False, tst_files=None, cbs=None, **kwargs):
+    "Road to the Top's `train`: fit `arch` at `size`, `eff_bs` items per step, and TTA the test set."
     path = Path(path) if path is not None else paddy_data()
     if n_batches is not None: cbs = [*L(cbs), StopAfter(n_batches)]
     learn = paddy_learner(arch, size, item=item, accum=accum, path=path, trn_path=trn_path, eff_bs=eff_bs,
                           seed=seed, cbs=cbs, **kwargs)
-    predict = finetune is not False
     if finetune is None: print(f"train: {recipe_note(learn.pretrained)}")
     fit_recipe(learn, epochs, lr, finetune)
-    tta = learn.tta(dl=learn.dls.test_dl(tst_files if tst_files is not None else get_test_files(path))) if predict else None
+    if finetune is False: return (learn, None) if return_learner else None
+    with learn.no_logging(): tta = learn.tta(dl=learn.dls.test_dl(tst_files if tst_files is not None else get_test_files(path)))
     return (learn, tta) if return_learner else tta

@@ -1,7 +1,7 @@
 "Fixtures for the tests: a local Kaggle, no credentials, no internet (tests/test_kaggle.py); one PyTorch thread."
 import pytest, torch
 from paddy_lib.data import COMP, make_demo_paddy
-from paddy_lib.kaggle import LocalKaggle, loopback_only
+from paddy_lib.testing import LocalKaggle, loopback_only
 
 KAGGLE_CRED_VARS = ('KAGGLE_USERNAME', 'KAGGLE_KEY', 'KAGGLE_API_TOKEN', 'KAGGLE_CONFIG_DIR', 'XDG_CONFIG_HOME',
                     'KAGGLE_API_ENVIRONMENT', 'KAGGLE_KERNEL_RUN_TYPE')

@@ -89,9 +89,10 @@ def test_demo_killed_after_first_member_resumes_and_writes_submission(tmp_path):
 # --- paddy push on a machine without Kaggle credentials ---
 
 def _course():
-    "The notebooks `paddy push` sends by default: the course less 07_kaggle and 08_cli (they need a source checkout)."
+    "The notebooks `paddy push` sends by default: the course less `NOT_ON_KAGGLE` (reference notebooks, and those needing a checkout)."
+    from paddy_lib.kaggle import NOT_ON_KAGGLE
     root = Path(__file__).resolve().parents[1]
-    return sorted(p for p in (root/'nbs').glob('*.ipynb') if p.name not in ('index.ipynb', '07_kaggle.ipynb', '08_cli.ipynb')
+    return sorted(p for p in (root/'nbs').glob('*.ipynb') if p.name not in ('index.ipynb', *NOT_ON_KAGGLE)
                   and not p.name.startswith('_'))
 
 

@@ -1,17 +1,33 @@
-"""MovieLens 100k in its real on-disk format goes through the same code as the synthetic ratings.
+"""paddy_lib.collab's corner cases: MovieLens 100k's on-disk format, loading offline, error wording, the helpers' edges.
 
-The notebook (nbs/05_collab.ipynb) holds the lesson and most checks; these tests pin the file format with lines
-written by hand the way GroupLens ships them (not by our own writer), and run the whole pipeline on such a folder.
+The notebook (nbs/05_collab.ipynb) holds the lesson and one check per claim; these tests pin the file format with lines
+written by hand the way GroupLens ships them, run the whole pipeline on such a folder, and hold the edge cases.
 """
-import socket, warnings
+import re, socket, warnings
+from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
+from fastai.collab import collab_learner
 from fastai.learner import Learner
 from fastai.losses import MSELossFlat
 from fastai.torch_core import set_seed
 import paddy_lib.collab as collab
-from paddy_lib.collab import (CollabError, RATING_COLS, synth_ratings, read_ml100k, write_ml100k, load_movielens,
-                              collab_dls, collab_sizes, mean_baseline, DotProductBias, item_bias_table, factor_pca,
-                              similar_items)
+from paddy_lib.collab import (CollabError, RATING_COLS, synth_ratings, check_ratings, read_ml100k, load_movielens,
+                              collab_dls, collab_sizes, mean_baseline, DotProductBias, item_params, item_bias_table,
+                              factor_pca, similar_items)
+
+def write_ml100k(ratings, dest):
+    "Write `ratings` as a MovieLens 100k folder: `u.data`, and `u.item` with its 24 pipe-separated latin-1 fields."
+    items = ratings[['movie','title']].drop_duplicates().sort_values('movie')
+    assert not items.movie.duplicated().any() and not items.title.str.contains('|', regex=False).any()
+    lines = []
+    for m,t in items.itertuples(index=False):
+        year = re.search(r'\((\d{4})\)\s*$', t)  # u.item: id|title|release date|video release date|IMDb URL|19 genre flags
+        lines.append('|'.join([str(m), t, f'01-Jan-{year[1]}' if year else '', '', 'http://us.imdb.com/'] + ['0']*19))
+    item_bytes = ('\n'.join(lines)+'\n').encode('latin-1')  # u.item is latin-1: UnicodeEncodeError for other titles
+    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    ratings[['user','movie','rating','timestamp']].to_csv(dest/'u.data', sep='\t', header=False, index=False)
+    (dest/'u.item').write_bytes(item_bytes)
+    return dest
 
 # Lines in the format of the real files: u.data is tab-separated user, movie, rating, timestamp;
 # u.item is pipe-separated latin-1: id|title|release date|video release date|IMDb URL|19 genre flags.
@@ -125,3 +141,81 @@ def test_synthetic_is_deterministic_and_bounded():
     assert a.rating.between(1, 5).all() and not a.duplicated(['user', 'movie']).any()
     p = a.attrs['planted']
     assert np.allclose(p.probs(a).sum(1), 1) and 0 < p.noise_floor(a) < a.rating.var()
+
+# --- moved from the notebook (nbs/05_collab.ipynb): the data's shape and the loaders' edges ---
+
+def test_default_synthetic_ratings_are_movielens_shaped():
+    r = synth_ratings()
+    assert tuple(r.columns) == RATING_COLS and len(r) == 50_000
+    assert sorted(r.rating.unique()) == [1, 2, 3, 4, 5]
+    assert r.groupby('movie').title.nunique().max() == 1  # one title per movie
+    p, row = r.attrs['planted'], r.iloc[0]  # the planted score is mean + biases + the factors' dot product
+    u, i = row.user-1, row.movie-1
+    by_hand = p.mean + p.user_bias[u] + p.item_bias[i] + (p.user_factors[u]*p.item_factors[i]).sum()
+    assert np.isclose(p.score(r.iloc[:1])[0], by_hand)
+
+def test_collab_dls_holds_out_a_fifth():
+    r = synth_ratings(n_users=60, n_items=40, n_ratings=1000)
+    assert len(collab_dls(r, bs=64).valid.items) == len(r)//5
+
+def test_bad_ratings_say_what_to_change():
+    r = synth_ratings(n_users=20, n_items=10, n_ratings=100)
+    with pytest.raises(CollabError, match=r"missing column\(s\) \['title'\]"): collab_dls(r.rename(columns={'title':'name'}))
+    with pytest.raises(CollabError, match='must be numeric'): collab_dls(r.assign(rating=r.rating.astype(str)))
+    with pytest.raises(CollabError, match='missing values'): collab_dls(r.assign(user=np.where(r.index<3, np.nan, r.user)))
+    with pytest.raises(CollabError, match='pandas DataFrame'): check_ratings(r.values)
+    assert check_ratings(r) is r
+
+def test_writer_refuses_a_title_latin1_cannot_hold(tmp_path):
+    r = synth_ratings(n_users=20, n_items=10, n_ratings=100)
+    with pytest.raises(UnicodeEncodeError): write_ml100k(r.assign(title='Ōkami (2006)'), tmp_path/'x')
+
+def test_a_download_is_read_like_any_folder(tmp_path, ml_folder, monkeypatch):
+    monkeypatch.setattr(collab, 'ml100k_cache', lambda: tmp_path/'no-cache')
+    monkeypatch.setattr(collab, 'untar_data', lambda url, **kw: ml_folder)  # a "download" that lands a folder
+    assert len(load_movielens(download=True)) == 5
+
+# --- the reading helpers on small trained learners ---
+
+@pytest.fixture(scope='module')
+def trained():
+    "A `DotProductBias` and a `use_nn` learner, 2 epochs each on small synthetic ratings."
+    dls = collab_dls(synth_ratings(n_users=120, n_items=80, n_ratings=4000, seed=5), bs=256)
+    set_seed(0)
+    dpb = Learner(dls, DotProductBias(*collab_sizes(dls), 20), loss_func=MSELossFlat())
+    nn_ = collab_learner(dls, use_nn=True, y_range=(0,5.5), layers=[20])
+    for l in (dpb, nn_):
+        with l.no_bar(), l.no_logging(): l.fit_one_cycle(2, 1e-2, wd=0.1)
+    return dpb, nn_
+
+def test_item_bias_table(trained):
+    dpb, nn_ = trained
+    bt = item_bias_table(dpb)
+    assert len(bt) == 10 and list(bt.which) == ['lowest']*5 + ['highest']*5
+    assert len(item_bias_table(dpb, n=None)) == len(item_params(dpb).items)  # every item with training ratings
+    with pytest.raises(CollabError, match='no item bias'): item_bias_table(nn_)
+
+def test_factor_pca(trained):
+    dpb, _ = trained
+    pcs = factor_pca(dpb, n_components=4, n_items=50)
+    assert list(pcs.columns) == ['PC1','PC2','PC3','PC4','n_ratings'] and len(pcs) == 50
+    assert pcs.n_ratings.min() >= item_params(dpb).items.n_ratings.nlargest(50).min()  # the most-rated ones
+    assert np.allclose(np.corrcoef(pcs[['PC1','PC2','PC3','PC4']].to_numpy().T), np.eye(4), atol=1e-4)  # uncorrelated
+
+def test_similar_items(trained):
+    dpb, nn_ = trained
+    start = factor_pca(dpb).n_ratings.idxmax()
+    sim = similar_items(dpb, start)
+    assert len(sim) == 5 and start not in set(sim.title)
+    assert sim.similarity.is_monotonic_decreasing and sim.similarity.max() <= 1
+    with pytest.raises(CollabError, match='close matches'): similar_items(dpb, start.lower())
+    with pytest.raises(CollabError, match='is not one of the'): similar_items(dpb, 'No Such Movie at All')
+    assert len(similar_items(nn_, start)) == 5  # the neural net's embeddings work too
+
+def test_similar_items_of_an_item_never_trained(tmp_path):
+    r = synth_ratings(n_users=60, n_items=40, n_ratings=1000, seed=2)
+    lone = r.iloc[[0]].assign(movie=41, title='Lone Movie (1990)')  # its one rating falls in the validation set
+    dls = collab_dls(pd.concat([r, lone], ignore_index=True), bs=128)
+    assert len(r) in dls.valid.items.index  # the fixed split (seed 42) holds the lone rating out
+    learn = Learner(dls, DotProductBias(*collab_sizes(dls), 5), loss_func=MSELossFlat())
+    with pytest.raises(CollabError, match='no training ratings'): similar_items(learn, 'Lone Movie (1990)')

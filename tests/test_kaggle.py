@@ -1,19 +1,25 @@
 """paddy_lib.kaggle against a local Kaggle: the real `kaggle` client pushes every course notebook, the library's wheels
-and a submission to `LocalKaggle` on 127.0.0.1, and the tests check the bytes that arrived. No request leaves the
-machine: `loopback_only` (fixture `kaggle_no_internet`) refuses and records any other connection or name lookup."""
-import base64, hashlib, json, os, subprocess, sys, textwrap, zipfile
+and a submission to `LocalKaggle` (paddy_lib.testing) on 127.0.0.1, and the tests check the bytes that arrived. No
+request leaves the machine: `loopback_only` (fixture `kaggle_no_internet`) refuses and records any other connection."""
+import base64, hashlib, json, os, re, subprocess, sys, textwrap, warnings, zipfile
 from pathlib import Path
 import nbformat, pandas as pd, pytest
-from paddy_lib.data import COMP, PaddyError
-from paddy_lib.kaggle import (KAGGLE_SETUP, KaggleCredentialsError, KaggleMetadataError, KaggleUnreachableError,
-    NOT_ON_KAGGLE, LocalKaggle, check_kernel_meta, course_notebooks, first_code_cell, kaggle_api, kaggle_notebooks, kaggle_slug, kernel_title,
-    loopback_only, push_lib_dataset, push_notebooks, submit, with_setup_cell)
+from paddy_lib.core import PaddyError, KaggleCredentialsError, KaggleUnreachableError, iskaggle, kaggle_api, find_kaggle_credentials
+from paddy_lib.data import COMP, kaggle_input
+from paddy_lib.kaggle import (KAGGLE_SETUP, KaggleMetadataError, KaggleError, NOT_ON_KAGGLE, check_kernel_meta, course_notebooks,
+    _first_code_cell as first_code_cell, kaggle_notebooks, kaggle_slug, kernel_title, notebook_kernel_meta, push_lib_dataset,
+    push_notebooks, submit, with_setup_cell)
+from paddy_lib.testing import LocalKaggle, loopback_only
 
 ROOT = Path(__file__).resolve().parents[1]
 COURSE = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if p.name != 'index.ipynb' and not p.name.startswith('_'))
-ON_KAGGLE = [p for p in COURSE if p.name not in ('07_kaggle.ipynb', '08_cli.ipynb')]  # what a push sends by default
+SKIPPED = ('00_core.ipynb', '07_kaggle.ipynb', '08_cli.ipynb', '09_testing.ipynb')  # reference notebooks, checkout, terminal
+ON_KAGGLE = [p for p in COURSE if p.name not in SKIPPED]  # what a push sends by default
 USER = 'paddy-student'
 sha = lambda b: hashlib.sha256(b).hexdigest()
+try: import tomllib
+except ImportError: import tomli as tomllib  # Python 3.10
+DEPS = tomllib.loads((ROOT/'pyproject.toml').read_text())['project']['dependencies']
 srcs = lambda cells: [''.join(c['source']) for c in cells]
 
 def test_course_notebooks_is_the_glob():
@@ -21,12 +27,12 @@ def test_course_notebooks_is_the_glob():
     assert course_notebooks() == COURSE
 
 def test_default_push_leaves_out_the_notebooks_that_need_a_checkout():
-    assert NOT_ON_KAGGLE == ('07_kaggle.ipynb', '08_cli.ipynb') and kaggle_notebooks() == ON_KAGGLE
-    assert len(ON_KAGGLE) == len(COURSE) - 2
+    assert NOT_ON_KAGGLE == SKIPPED and kaggle_notebooks() == ON_KAGGLE
+    assert len(ON_KAGGLE) == len(COURSE) - len(SKIPPED) and (ROOT/'nbs'/'07_kaggle.ipynb') in COURSE
 
 def test_course_root_without_an_editable_install(monkeypatch, tmp_path):
     import paddy_lib
-    from paddy_lib.kaggle import course_root
+    from paddy_lib.kaggle import _course_root as course_root
     monkeypatch.setattr(paddy_lib, '__file__', str(tmp_path/'site-packages'/'paddy_lib'/'__init__.py'))
     monkeypatch.chdir(ROOT/'nbs')  # where nbdev-test runs a notebook: the checkout around it is found
     assert course_root() == ROOT
@@ -103,10 +109,10 @@ def test_dry_run_writes_one_valid_folder_per_notebook_without_credentials(kaggle
 def test_bad_titles_stop_everything_before_sending(local_kaggle, tmp_path):
     lk = local_kaggle
     with pytest.raises(KaggleMetadataError) as e:
-        push_notebooks(dest=tmp_path/'push', titles={COURSE[-1].name: 'x'*51, COURSE[0].name: 'Tiny'})
+        push_notebooks(dest=tmp_path/'push', titles={ON_KAGGLE[-1].name: 'x'*51, ON_KAGGLE[0].name: 'Tiny'})
     msg = str(e.value)
-    assert f"{COURSE[-1].name}: the title 'xxx" in msg and 'has 51 characters; Kaggle needs 5 to 50' in msg
-    assert f"{COURSE[0].name}: the title 'Tiny' has 4 characters" in msg and msg.startswith('Nothing was sent')
+    assert f"{ON_KAGGLE[-1].name}: the title 'xxx" in msg and 'has 51 characters; Kaggle needs 5 to 50' in msg
+    assert f"{ON_KAGGLE[0].name}: the title 'Tiny' has 4 characters" in msg and msg.startswith('Nothing was sent')
     assert lk.requests == [] and not (tmp_path/'push').exists()
 
 @pytest.mark.parametrize('internet', [True, False])
@@ -201,6 +207,8 @@ def test_push_lib_dataset_creates_then_versions(local_kaggle, tmp_path):
     first = push_lib_dataset(extra_wheels=(extra, 'tinydep==0.1'), dest=dest,
                              pip_args=('--no-index', '--find-links', str(tmp_path/'index')))
     assert first['action'] == 'created' and first['id'] == f'{USER}/paddy-lib'
+    assert lk.calls() == ['DatasetApiService/GetDatasetStatus'] * 2 + ['BlobApiService/StartBlobUpload'] * 3 + \
+                         ['DatasetApiService/CreateDataset']  # asked twice: here, and inside the client's dataset_create_new
     local = {f.name: sha(f.read_bytes()) for f in dest.glob('*.whl')}
     assert sorted(local) == sorted(['extradep-0.1-py3-none-any.whl', 'tinydep-0.1-py3-none-any.whl',
                                     next(dest.glob('paddy_lib-*.whl')).name])
@@ -212,8 +220,8 @@ def test_push_lib_dataset_creates_then_versions(local_kaggle, tmp_path):
     assert (create['title'], create['licenseName'], create.get('isPrivate'), create['slug']) == \
            ('paddy_lib wheels', 'apache-2.0', True, 'paddy-lib')
     whl = next(dest.glob('paddy_lib-*.whl'))
-    import paddy_lib, paddy_lib.kaggle, importlib.metadata
-    assert sorted(first['requires']) == sorted(r for r in importlib.metadata.requires('paddy_lib') if 'extra ==' not in r)
+    import paddy_lib, paddy_lib.kaggle
+    assert sorted(first['requires']) == sorted(DEPS)
     with zipfile.ZipFile(whl) as z:  # the wheel holds this checkout's library
         assert z.read('paddy_lib/kaggle.py') == Path(paddy_lib.kaggle.__file__).read_bytes()
         assert f"Version: {paddy_lib.__version__}" in z.read(f'paddy_lib-{paddy_lib.__version__}.dist-info/METADATA').decode()
@@ -253,6 +261,8 @@ def test_submit_checks_the_csv_before_sending(local_kaggle, submission_csv, kagg
     df = pd.read_csv(submission_csv)
     df.iloc[1:].to_csv(submission_csv, index=False)
     with pytest.raises(PaddyError, match='test images without a row'): submit(submission_csv, 'x', path=kaggle_demo_data)
+    df.assign(label='rust').to_csv(submission_csv, index=False)
+    with pytest.raises(PaddyError, match="labels not in the competition's"): submit(submission_csv, 'x', path=kaggle_demo_data)
     with pytest.raises(PaddyError, match='does not exist'): submit(submission_csv.with_name('nope.csv'), 'x', path=kaggle_demo_data)
     monkeypatch.chdir(submission_csv.parent)  # no competition data here (HOME is empty too): submit needs `path`
     monkeypatch.delenv('PADDY_DATA', raising=False)
@@ -300,7 +310,7 @@ def test_unreachable_kaggle_keeps_local_files(fn, local_kaggle, submission_csv, 
         _calls(submission_csv, kaggle_demo_data, tmp_path)[fn]()
     assert 'Nothing local was lost' in str(e.value)
     assert submission_csv.read_bytes() == before
-    if fn == 'push_notebooks': assert (tmp_path/'push'/COURSE[0].stem/COURSE[0].name).exists()
+    if fn == 'push_notebooks': assert (tmp_path/'push'/COURSE[0].stem/COURSE[0].name).exists() and 'every folder is in' in str(e.value)
     if fn == 'push_lib_dataset': assert list((tmp_path/'lib').glob('paddy_lib-*.whl'))
 
 def test_wrong_key_is_a_credentials_error(local_kaggle, submission_csv, kaggle_demo_data, monkeypatch):
@@ -392,3 +402,109 @@ def test_commands_and_download_in_a_fresh_process(local_kaggle, submission_csv, 
 def test_every_course_notebook_starts_with_the_setup_cell(nb):
     "The repo's notebooks themselves (not only the pushed copies) carry the Kaggle setup cell, character for character."
     assert first_code_cell(json.loads(nb.read_text())) == KAGGLE_SETUP, f'{nb.name}: first code cell is not KAGGLE_SETUP'
+
+
+# --- moved from 07_kaggle: where we are, the setup cell, the bare client ---
+
+def test_iskaggle_and_the_mounted_competition():
+    assert iskaggle == bool(os.environ.get('KAGGLE_KERNEL_RUN_TYPE'))
+    assert kaggle_input() == Path('/kaggle/input/paddy-disease-classification')
+
+BARE = dict(cells=[dict(cell_type='markdown', metadata={}, source='# A title'),
+                   dict(cell_type='code', metadata={}, outputs=[], execution_count=None, source='x = 1')],
+            metadata={}, nbformat=4, nbformat_minor=5)
+
+def test_with_setup_cell_inserts_once_after_the_title():
+    bare = json.loads(json.dumps(BARE))
+    fixed = with_setup_cell(bare)
+    assert srcs(fixed['cells']) == ['# A title', KAGGLE_SETUP, 'x = 1']
+    assert with_setup_cell(fixed) == fixed  # a notebook that has it is left alone
+    assert bare == BARE  # the original is untouched
+
+def test_setup_cell_does_nothing_off_kaggle_or_when_paddy_lib_imports(monkeypatch):
+    import glob
+    calls = []
+    monkeypatch.setattr(glob, 'glob', lambda *a, **k: ['/kaggle/input/paddy-lib/paddy_lib-0.1.0-py3-none-any.whl'])
+    monkeypatch.setattr(subprocess, 'run', lambda cmd, **k: calls.append(cmd))
+    monkeypatch.delenv('KAGGLE_KERNEL_RUN_TYPE', raising=False)
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, 'paddy_lib', None)  # not importable, but off Kaggle: nothing happens
+        exec(KAGGLE_SETUP, {})
+    monkeypatch.setenv('KAGGLE_KERNEL_RUN_TYPE', 'Interactive')  # on Kaggle, paddy_lib importable: nothing either
+    exec(KAGGLE_SETUP, {})
+    assert calls == []
+
+def test_the_bare_client_stops_the_interpreter_without_credentials(kaggle_empty_home, monkeypatch):
+    "Why `kaggle_api` exists: the client's `authenticate()` calls the builtin `exit(1)` (a NameError where IPython took it)."
+    check = 'from kaggle.api.kaggle_api_extended import KaggleApi\nKaggleApi().authenticate()\nprint("authenticated")'
+    p = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert p.returncode == 1 and 'authenticated' not in p.stdout
+    from kaggle.api.kaggle_api_extended import KaggleApi
+    with pytest.raises(SystemExit): KaggleApi().authenticate()
+    import builtins
+    monkeypatch.delattr(builtins, 'exit', raising=False)  # as in a Jupyter kernel
+    with pytest.raises(NameError): KaggleApi().authenticate()
+
+def test_the_kaggle_singleton_keeps_the_environment_of_its_import(kaggle_empty_home, kaggle_no_internet):
+    import importlib, kaggle
+    importlib.reload(sys.modules['kaggle.api.kaggle_api_extended']); importlib.reload(kaggle)  # as if first imported now: no credentials, the real server
+    with LocalKaggle():
+        fresh = kaggle_api()
+        assert (fresh.args, fresh.config_values['username']) == (['--local'], USER)
+        assert (kaggle.api.args, kaggle.api.config_values.get('username')) == ([], None)
+
+def test_a_kaggle_json_without_key_is_found_then_refused(kaggle_empty_home):
+    cfg = kaggle_empty_home/'.kaggle'
+    cfg.mkdir()
+    (cfg/'kaggle.json').write_text('{"username": "paddy-student"}')
+    assert find_kaggle_credentials() == str(cfg/'kaggle.json')
+    with pytest.raises(KaggleCredentialsError, match='could not authenticate with them'): kaggle_api()
+
+# --- moved from 07_kaggle: slugs, titles, metadata ---
+
+def test_slugs_and_title_rules():
+    assert kaggle_slug('Scaling Up: Road to the Top, Part 3') == 'scaling-up-road-to-the-top-part-3'
+    assert kaggle_slug("seed's") == 'seed-s'  # python-slugify; a site that drops apostrophes makes 'seeds'
+    ok = dict(id='jhoward/scaling-up-road-to-the-top-part-3', title='Scaling Up: Road to the Top, Part 3',
+              code_file='x.ipynb', language='python', kernel_type='notebook')
+    assert len(check_kernel_meta({**ok, 'title': ok['title'] + ' (v2)'})) == 1
+    assert 'Kaggle needs 5 to 50' in check_kernel_meta({**ok, 'title': 'Gpu', 'id': 'jhoward/gpu'})[0]
+    assert 'is not a Kaggle username' in check_kernel_meta({**ok, 'id': '-x/scaling-up-road-to-the-top-part-3'})[0]
+
+def test_kernel_titles_and_metadata():
+    nb = ROOT/'nbs'/'07_kaggle.ipynb'
+    assert kernel_title(nb) == 'paddy_lib 07: Pushing to Kaggle'
+    assert kernel_title(nb, max_len=24) == 'paddy_lib 07: Pushing to'
+    meta = notebook_kernel_meta(nb, USER)
+    assert meta['id'] == f'{USER}/paddy-lib-07-pushing-to-kaggle' and check_kernel_meta(meta) == []
+    assert meta['machine_shape'] == 'NvidiaTeslaT4' and 'machine_shape' not in notebook_kernel_meta(nb, USER, gpu=False)
+    assert notebook_kernel_meta(nb, USER, lib_dataset='other/wheels')['dataset_sources'] == ['other/wheels']
+
+def test_fastkaggle_pushes_id_and_title_unchecked():
+    "07's comparison, in fastkaggle's source: `push_notebook` never compares slug and title; `mk_dataset` uses the title."
+    import inspect
+    fk = pytest.importorskip('fastkaggle.core')  # a dev dependency
+    src_push, src_mk = inspect.getsource(fk.push_notebook), inspect.getsource(fk.mk_dataset)
+    assert 'slug' not in src_push and ' if ' not in src_push and ' == ' not in src_push
+    assert "md['id'].replace('INSERT_SLUG_HERE',title)" in src_mk
+    assert 'api.authenticate()' in inspect.getsource(fk.import_kaggle)
+
+def test_the_library_does_not_import_fastkaggle():
+    import paddy_lib
+    assert not any(d.startswith('fastkaggle') for d in DEPS)
+    assert [f.name for f in Path(paddy_lib.__file__).parent.glob('*.py')
+            if re.search(r'^\s*(from|import) fastkaggle', f.read_text(), re.M)] == []
+
+# --- moved from 07_kaggle: pushes that half work ---
+
+def test_an_unknown_wheels_dataset_still_pushes_but_warns(local_kaggle, tmp_path):
+    with pytest.warns(UserWarning, match=f'did not find {USER}/paddy-lib'):
+        res = push_notebooks(notebooks=COURSE[:1], dest=tmp_path/'push')
+    assert res[0]['version'] == 1 and list(local_kaggle.kernels) == [res[0]['id']]
+
+def test_a_push_that_fails_halfway_names_what_went(kaggle_empty_home, kaggle_no_internet, tmp_path):
+    with LocalKaggle(max_requests=1, datasets=[f'{USER}/paddy-lib']) as lk:  # answers one request, then 503
+        with pytest.raises(KaggleError) as e: push_notebooks(notebooks=ON_KAGGLE[:3], dest=tmp_path/'half')
+    assert len(lk.kernels) == 1
+    assert f"pushed before this: {ON_KAGGLE[0].name};" in str(e.value) and f"could not push {ON_KAGGLE[1].name}" in str(e.value)
+    assert sorted(p.name for p in (tmp_path/'half').iterdir()) == sorted(p.stem for p in ON_KAGGLE[:3])
