@@ -16,7 +16,7 @@ from fastai.learner import Learner
 from fastai.vision.all import Resize
 from .core import PaddyError, is_oom, device_name
 from .data import paddy_data, paddy_dls, read_paddy_csv
-from .training import train, precision_for
+from .training import train
 
 # %% auto #0
 __all__ = ['MiB', 'HWM_OK', 'GPU_BUDGETS', 'KAGGLE_GPU_MIB', 'rss_mib', 'collect', 'report_gpu', 'peak_memory', 'free_learner',
@@ -47,7 +47,7 @@ def collect():
     _malloc_trim()
 
 def _device(device=None)->torch.device:
-    "`device` (default: CUDA if available) as a `torch.device`, with its CUDA index."
+    "`device` (default: CUDA if available), with its CUDA index."
     dev = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
     if dev.type == 'cuda' and dev.index is None and torch.cuda.is_available(): dev = torch.device('cuda', torch.cuda.current_device())
     return dev
@@ -68,7 +68,7 @@ def report_gpu(device=None):
 
 # %% ../nbs/03_memory.ipynb #fe8d0d4e
 def _hwm_mib()->float|None:
-    "The kernel's record of this process's peak resident memory (`VmHWM`), in MiB."
+    "The kernel's peak RSS of this process (`VmHWM`), in MiB."
     try: return next(int(l.split()[1])/1024 for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM:'))
     except (OSError, StopIteration): return None
 
@@ -81,11 +81,11 @@ HWM_OK = _hwm_mib() is not None and _hwm_reset() and _hwm_mib() <= rss_mib() + 6
 _active = []  # the open `peak_memory` blocks, outermost first
 
 def _resident_peak()->float:
-    "Peak resident MiB since `VmHWM`'s last reset (where it works; else RSS now)."
+    "Peak RSS since `VmHWM`'s last reset (where it works; else RSS now)."
     return max(_hwm_mib(), rss_mib()) if HWM_OK else rss_mib()
 
 class peak_memory:
-    "Context manager and decorator: peak MiB of the code inside (CUDA: context + reserved; CPU: RSS)."
+    "Context manager and decorator: the peak MiB of the code inside."
     def __init__(self, device=None,      # 'cpu', 'cuda', 'cuda:1' or a torch.device (default: CUDA if available)
                  interval:float=0.001,   # CPU sampler: seconds between samples
                  collect:bool=True,      # `collect()` on entry, so the baseline is live memory
@@ -177,7 +177,7 @@ _BATCH_ATTRS = ('xb', 'yb', 'pred', 'loss', 'loss_grad', 'smooth_loss', 'dl')
 def free_learner(learn:Learner,         # the learner whose memory to free
                  keep_model:bool=False, # keep model and data (for `export`, `get_preds`): fastai 1's `purge`; else `destroy`
                 ):
-    "Free a learner's optimizer state, gradients, last batch (and model); collect."
+    "Free a learner's optimizer state, gradients, batch (and model)."
     if not isinstance(learn, Learner): raise PaddyError(f"free_learner needs a fastai Learner, got {type(learn).__name__}.")
     if getattr(learn, 'opt', None) is not None: learn.opt.clear_state(); learn.opt = None  # Adam: two tensors per weight
     if getattr(learn, 'model', None) is not None:
@@ -211,7 +211,7 @@ def probe_folder(path:str|Path,       # dataset root
                  n_items:int,         # training images the probe needs
                  valid_pct:float=0.2, # share held out for validation
                 )->Path:
-    "The smallest label's folder with `n_items` training images (else train_images/)."
+    "The smallest label folder with `n_items` training images."
     path = Path(path)
     for lbl, n in read_paddy_csv(path/'train.csv').label.value_counts().sort_values().items():
         if int(n*(1-valid_pct)) >= n_items: return path/'train_images'/lbl
@@ -276,7 +276,7 @@ def plot_peaks(df:pd.DataFrame,            # rows from `measure`: arch, size, ac
                ax=None,                    # matplotlib axes to draw on
                title:str|None=None,        # default: the device's name
               ):
-    "Plot peak memory against `accum`, one line per arch and size, with the budget."
+    "Plot peak memory against `accum`, with the budget."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
     for (arch, size), g in df.groupby(['arch', df['size'].astype(str)], sort=False):
@@ -332,6 +332,11 @@ def memory_anatomy(model:torch.nn.Module, # the model to train
 class BudgetError(PaddyError):
     "The model does not fit the memory budget at any accumulation."
 
+def _check_mib(budget_mib, who:str):
+    "A budget is a positive number of MiB (a string like '16GB' is a mistake)."
+    if isinstance(budget_mib, bool) or not isinstance(budget_mib, numbers.Real) or not budget_mib > 0:
+        raise PaddyError(f"{who}(budget_mib={budget_mib!r}): the budget is a positive number of MiB, e.g. 15110 for a T4.")
+
 GPU_BUDGETS = {  # MiB a process may use on the GPU it rehearses, the CUDA context included
     'T4': 15_843_721_216/MiB,  # 15,110: what CUDA reports for Kaggle's default GPU today (two of them in a T4 x2 session)
     'P100': 16280.,            # Road to the Top's figure, Kaggle's P100 (retired: its sessions run on a T4)
@@ -341,7 +346,7 @@ KAGGLE_GPU_MIB = GPU_BUDGETS['T4']  # Kaggle's GPU today
 def default_budget(device=None,       # 'cpu', 'cuda', 'cuda:1' or a torch.device (default: CUDA if available)
                    gpu:str|None=None, # a key of `GPU_BUDGETS` (default: `$PADDY_GPU`, else 'T4')
                   )->float:           # MiB
-    "The rehearsed GPU's budget (a T4's), or a smaller card's total; on Kaggle, its card's."
+    "The budget: a T4's, or a smaller card's total; on Kaggle, the card's."
     name = gpu or os.environ.get('PADDY_GPU') or 'T4'
     if name not in GPU_BUDGETS: raise PaddyError(f"No budget for a GPU named {name!r}: use one of {', '.join(GPU_BUDGETS)}, or pass budget_mib.")
     dev = _device(device)
@@ -378,7 +383,7 @@ def hold_to_budget(budget_mib:float, # the most the process may use, in MiB
 
 # %% ../nbs/03_memory.ipynb #ba708b21
 class AccumChoice(int):
-    "The `accum` `find_accum` picked, with `.probes` and the line (`fixed_mib`, `per_item_mib`)."
+    "The `accum` `find_accum` picked, with its probes and line."
     def __new__(cls, accum, **kw):
         self = super().__new__(cls, accum)
         self.__dict__.update(kw)
@@ -388,11 +393,11 @@ class AccumChoice(int):
         return self.fixed_mib + self.per_item_mib*self.eff_bs/accum
 
 def _accums(eff_bs:int, min_bs:int)->list:
-    "Powers of two dividing `eff_bs` into micro-batches of at least `min_bs` items."
+    "Power-of-two accums giving micro-batches of `min_bs`+ items."
     return [a for a in (2**k for k in range(eff_bs.bit_length())) if eff_bs % a == 0 and eff_bs//a >= min_bs]
 
 class _Probes:
-    "`find_accum`'s probes: two micro-batches of `m` items each, a step after each; their rows and peaks."
+    "`find_accum`'s probes (two micro-batches each) and their peaks."
     def __init__(self, arch, size, eff_bs, budget_mib, margin, verbose, **kw):
         store_attr('arch,size,eff_bs,budget_mib,margin,verbose,kw', self=self)
         self.limit_mib, self.rows, self.peak, self.plain = budget_mib*(1-margin), [], {}, {}
@@ -437,7 +442,7 @@ def _fit_line(peak:dict, m_lo:int, m_hi:int)->tuple:
     return peak[m_lo] - b*m_lo, b
 
 def _pick(p:_Probes, ms:list, a:float, b:float, m_lo:int, tol:float)->int:
-    "Items per micro-batch: the most the line fits, confirmed; one more size checked if close."
+    "The most items per micro-batch that fit, measured."
     pred, lim = {x: a + b*x for x in ms}, p.limit_mib
     pick = max(x for x in ms if pred[x] <= lim or x == m_lo)
     if pick not in p.peak: p(pick, 'confirm')
@@ -469,7 +474,7 @@ def _search(p:_Probes, ms:list, m_lo:int, m_hi:int, tol:float)->AccumChoice:
     return p.done(pick, a, b, fitted=pick in (m_lo, m))
 
 def _ckpt(p:_Probes, res:AccumChoice, ms:list, tol:float):
-    "Gradient checkpointing at the pick, and at twice its items if the saving could fit them."
+    "Measure gradient checkpointing at the pick (and twice its items)."
     pick = res.eff_bs // int(res)
     ck = p(pick, 'ckpt', ckpt=True)
     saved = p.peak[pick] - ck['peak_mib'] if not ck['oom'] else math.nan
@@ -482,9 +487,8 @@ def _ckpt(p:_Probes, res:AccumChoice, ms:list, tol:float):
                         "time per item" + ('' if 2*pick not in ms else f"; accum={int(res)//2} with it: "
                         + {None: 'not tried (predicted over)', True: 'fits', False: 'over'}[half]))
 
-# %% ../nbs/03_memory.ipynb #667bf3f6
 def _probe_sizes(ms:list, eff_bs:int, probe_bs)->tuple:
-    "The two micro-batch sizes the line is fitted on (default: eff_bs/8 and eff_bs/4)."
+    "The two micro-batch sizes to fit the line on."
     if probe_bs is None: probe_bs = (max(ms[0], eff_bs//8), min(ms[-1], max(2*max(ms[0], eff_bs//8), eff_bs//4)))
     m_lo, m_hi = sorted(probe_bs)
     if len(ms) > 1 and (m_lo not in ms or m_hi not in ms or m_lo == m_hi):
@@ -507,11 +511,10 @@ def find_accum(arch:str,                   # timm model name (Road to the Top's 
                verbose:bool=True,          # print each probe and the verdict
                **kwargs,                   # passed to `measure` (and on to `train`)
               )->AccumChoice:
-    "Smallest power-of-two `accum` whose peak fits `budget_mib`: two probes, a line, a check."
+    "Smallest power-of-two `accum` whose peak fits `budget_mib`."
     dev = _device(device)
     if budget_mib is None: budget_mib = default_budget(dev)
-    if isinstance(budget_mib, bool) or not isinstance(budget_mib, numbers.Real) or not budget_mib > 0:
-        raise PaddyError(f"find_accum(budget_mib={budget_mib!r}): the budget is a positive number of MiB, e.g. 15110 for a T4.")
+    _check_mib(budget_mib, 'find_accum')
     if not 0 <= margin < 1: raise PaddyError(f"find_accum(margin={margin!r}): the share of the budget kept free, in [0, 1).")
     if isinstance(eff_bs, bool) or not isinstance(eff_bs, numbers.Integral) or eff_bs < min_bs:
         raise PaddyError(f"find_accum(eff_bs={eff_bs!r}): the items per optimizer step, an int of at least min_bs={min_bs}.")
@@ -522,25 +525,24 @@ def find_accum(arch:str,                   # timm model name (Road to the Top's 
     p = _Probes(arch, size, eff_bs, budget_mib, margin, verbose, item=Resize(480, method='squish') if item is None else item,
                 path=path, trn_path=trn_path, device=dev, **kwargs)
     with hold_to_budget(budget_mib, dev) if dev.type == 'cpu' or limit else contextlib.nullcontext():
-        if verbose: print(f"find_accum: {arch} at {size} px, {eff_bs} items per step, budget {budget_mib:,.0f} MiB (picks under "
-                          f"{p.limit_mib:,.0f}, keeping {margin:.0%} free) on {device_name(dev)}")
+        if verbose: print(f"find_accum: {arch} at {size} px, {eff_bs} items per step, budget {budget_mib:,.0f} MiB"
+                          + (f" (picks under {p.limit_mib:,.0f}, keeping {margin:.0%} free)" if margin else '') + f" on {device_name(dev)}")
         res = _search(p, ms, m_lo, m_hi, tol)
         if grad_ckpt and not math.isnan(res.fixed_mib): _ckpt(p, res, ms, tol)
     return res
 
 # %% ../nbs/03_memory.ipynb #029b7e65
 def _hwm_restart():
-    "Reset `VmHWM`, first handing its peak so far to the open CPU `peak_memory` blocks."
+    "Reset `VmHWM`, handing its peak to open `peak_memory` blocks."
     if not HWM_OK: return
     for c in _active:
         if c.method == 'VmHWM': c._seen = max(c._seen, c._running_peak())
     _hwm_reset()
 
 class MemoryBudget(Callback):
-    "A CPU's out-of-memory: raise `torch.OutOfMemoryError` when training goes over `budget_mib`."
+    "A CPU's out-of-memory error when training goes over `budget_mib`."
     def __init__(self, budget_mib:float): # the most this process may hold while training, in resident MiB
-        if isinstance(budget_mib, bool) or not isinstance(budget_mib, numbers.Real) or not budget_mib > 0:
-            raise PaddyError(f"MemoryBudget(budget_mib={budget_mib!r}): the budget is a positive number of MiB.")
+        _check_mib(budget_mib, 'MemoryBudget')
         self.budget_mib, self.peak = float(budget_mib), None
     def before_fit(self):
         if self.dls.device.type != 'cpu':
