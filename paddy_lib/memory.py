@@ -86,12 +86,8 @@ def _resident_peak()->float:
 
 class peak_memory:
     "Context manager and decorator: the peak MiB of the code inside."
-    def __init__(self, device=None,      # 'cpu', 'cuda', 'cuda:1' or a torch.device (default: CUDA if available)
-                 interval:float=0.001,   # CPU sampler: seconds between samples
-                 collect:bool=True,      # `collect()` on entry, so the baseline is live memory
-                 sampler:bool|None=None, # CPU: sample RSS in a thread (True), the kernel's peak (False), the latter where it works (None)
-                 verbose:bool=False,     # print the result on exit
-                 label:str=''):          # a name for the printed result
+    def __init__(self, device=None, interval:float=0.001, collect:bool=True, sampler:bool|None=None, verbose:bool=False,
+                 label:str=''):  # sampler: CPU RSS sampled every `interval` s (True), the kernel's peak (False), or where it works (None)
         dev = torch.device(device) if device is not None else None
         if dev is not None and dev.type not in ('cpu', 'cuda'): raise PaddyError(f"peak_memory(device={device!r}): only 'cpu' and 'cuda' devices are measured.")
         if dev is not None and dev.type == 'cuda' and not torch.cuda.is_available(): raise PaddyError(f"peak_memory(device={device!r}): CUDA is not available here; use 'cpu'.")
@@ -174,9 +170,7 @@ def _no_bar():
 
 _BATCH_ATTRS = ('xb', 'yb', 'pred', 'loss', 'loss_grad', 'smooth_loss', 'dl')
 
-def free_learner(learn:Learner,         # the learner whose memory to free
-                 keep_model:bool=False, # keep model and data (for `export`, `get_preds`): fastai 1's `purge`; else `destroy`
-                ):
+def free_learner(learn:Learner, keep_model:bool=False):  # keep_model: fastai 1's `purge` (for `export`, `get_preds`); else `destroy`
     "Free a learner's optimizer state, gradients, batch (and model)."
     if not isinstance(learn, Learner): raise PaddyError(f"free_learner needs a fastai Learner, got {type(learn).__name__}.")
     if getattr(learn, 'opt', None) is not None: learn.opt.clear_state(); learn.opt = None  # Adam: two tensors per weight
@@ -207,10 +201,7 @@ class _GradCkpt(Callback):
         if not hasattr(m, 'set_grad_checkpointing'): raise PaddyError(f"{type(m).__name__} has no `set_grad_checkpointing`: use a timm model.")
         m.set_grad_checkpointing(True)
 
-def probe_folder(path:str|Path,       # dataset root
-                 n_items:int,         # training images the probe needs
-                 valid_pct:float=0.2, # share held out for validation
-                )->Path:
+def probe_folder(path:str|Path, n_items:int, valid_pct:float=0.2)->Path:
     "The smallest label folder with `n_items` training images."
     path = Path(path)
     for lbl, n in read_paddy_csv(path/'train.csv').label.value_counts().sort_values().items():
@@ -223,20 +214,8 @@ def _oom_text(e:BaseException)->str:
     return f"{type(e).__name__}: {next((l for l in lines if is_oom(RuntimeError(l))), lines[0])[:200]}"
 
 # %% ../nbs/03_memory.ipynb #4c382662
-def measure(arch:str,                    # timm model name (Road to the Top's names work too)
-            size:int|tuple,              # training image size
-            accum:int=1,                 # micro-batches per optimizer step
-            item=None,                   # item transform (default: `Resize(480, method='squish')`)
-            eff_bs:int=64,               # items per optimizer step
-            n_batches:int|None=None,     # training micro-batches (default `accum+1`: one step, then one more)
-            path:str|Path|None=None,     # dataset root (default: `paddy_data()`)
-            trn_path:str|Path|None=None, # training folder (default: `probe_folder`)
-            grad_ckpt:bool=False,        # timm's gradient checkpointing
-            device=None,                 # where to train (default: CUDA if available)
-            num_workers:int|None=None,   # DataLoader workers (default: 0 on a CPU)
-            cbs=None,                    # more callbacks for the learner
-            **kwargs,                    # passed to `train` (lr, precision, ...)
-           )->dict:                      # peak/baseline/used MiB, items/s, seconds; `oom` if it ran out
+def measure(arch:str, size:int|tuple, accum:int=1, item=None, eff_bs:int=64, n_batches:int|None=None, path=None,
+            trn_path=None, grad_ckpt:bool=False, device=None, num_workers:int|None=None, cbs=None, **kwargs)->dict:
     "Train a few micro-batches of `eff_bs//accum` items: peak memory and speed."
     if isinstance(accum, bool) or not isinstance(accum, numbers.Integral) or accum < 1 or eff_bs % accum:
         raise PaddyError(f"measure(accum={accum!r}, eff_bs={eff_bs!r}): accum is a positive int dividing eff_bs (1, 2, 4, ...).")
@@ -271,11 +250,7 @@ def measure(arch:str,                    # timm model name (Road to the Top's na
     return row
 
 # %% ../nbs/03_memory.ipynb #ea1309da
-def plot_peaks(df:pd.DataFrame,            # rows from `measure`: arch, size, accum, peak_mib (oom rows marked)
-               budget_mib:float|None=None, # the budget, drawn as a line
-               ax=None,                    # matplotlib axes to draw on
-               title:str|None=None,        # default: the device's name
-              ):
+def plot_peaks(df:pd.DataFrame, budget_mib:float|None=None, ax=None, title:str|None=None):
     "Plot peak memory against `accum`, with the budget."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
@@ -294,10 +269,7 @@ def plot_peaks(df:pd.DataFrame,            # rows from `measure`: arch, size, ac
 # %% ../nbs/03_memory.ipynb #133526da
 def _nbytes(ts)->int: return sum(t.numel()*t.element_size() for t in ts)
 
-def saved_activations(model:torch.nn.Module, # the model
-                      xb:torch.Tensor,       # one micro-batch of inputs, on the model's device
-                      amp=None,              # autocast dtype (torch.float16, torch.bfloat16), as mixed precision trains
-                     )->int:
+def saved_activations(model:torch.nn.Module, xb:torch.Tensor, amp=None)->int:  # amp: autocast dtype, as mixed precision trains
     "Bytes autograd saves in a training forward pass of `xb` (weights left out)."
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen, total = set(), 0
@@ -315,11 +287,7 @@ def saved_activations(model:torch.nn.Module, # the model
     finally: model.train(was)
     return total
 
-def memory_anatomy(model:torch.nn.Module, # the model to train
-                   xb:torch.Tensor,       # one micro-batch of inputs, on the model's device
-                   opt_states:int=2,      # optimizer tensors per weight: Adam 2, SGD with momentum 1, plain SGD 0
-                   amp=None,              # autocast dtype, when training in mixed precision
-                  )->pd.Series:           # MiB: weights, gradients, optimizer state, activations, input batch, total
+def memory_anatomy(model:torch.nn.Module, xb:torch.Tensor, opt_states:int=2, amp=None)->pd.Series:  # opt_states: Adam 2, SGD 0-1
     "Estimate the parts of training memory from the model and one micro-batch."
     ps = list(model.parameters())
     trainable = [p for p in ps if p.requires_grad]
@@ -343,9 +311,7 @@ GPU_BUDGETS = {  # MiB a process may use on the GPU it rehearses, the CUDA conte
 }
 KAGGLE_GPU_MIB = GPU_BUDGETS['T4']  # Kaggle's GPU today
 
-def default_budget(device=None,       # 'cpu', 'cuda', 'cuda:1' or a torch.device (default: CUDA if available)
-                   gpu:str|None=None, # a key of `GPU_BUDGETS` (default: `$PADDY_GPU`, else 'T4')
-                  )->float:           # MiB
+def default_budget(device=None, gpu:str|None=None)->float:  # gpu: a key of `GPU_BUDGETS` (default: `$PADDY_GPU`, else 'T4')
     "The budget: a T4's, or a smaller card's total; on Kaggle, the card's."
     name = gpu or os.environ.get('PADDY_GPU') or 'T4'
     if name not in GPU_BUDGETS: raise PaddyError(f"No budget for a GPU named {name!r}: use one of {', '.join(GPU_BUDGETS)}, or pass budget_mib.")
@@ -356,9 +322,7 @@ def default_budget(device=None,       # 'cpu', 'cuda', 'cuda:1' or a torch.devic
     return float(min(GPU_BUDGETS[name], total))
 
 @contextlib.contextmanager
-def hold_to_budget(budget_mib:float, # the most the process may use, in MiB
-                   device=None,      # 'cpu', 'cuda', 'cuda:1' or a torch.device (default: CUDA if available)
-                  ):
+def hold_to_budget(budget_mib:float, device=None):
     "Hold CUDA's allocator to `budget_mib` inside; on a CPU, check it on entry."
     dev = _device(device)
     if dev.type == 'cpu':  # no such limit on a CPU: `MemoryBudget` checks the peak while training
@@ -420,11 +384,9 @@ class _Probes:
         res = AccumChoice(self.eff_bs//m, probes=pd.DataFrame(self.rows), eff_bs=self.eff_bs, budget_mib=self.budget_mib,
                           limit_mib=self.limit_mib, fixed_mib=a, per_item_mib=b, predicted=a + b*m, measured=self.peak[m],
                           fitted=fitted, ckpt=None)
-        if self.verbose:
-            line = '' if math.isnan(a) else f"{'line' if fitted else 'predicted'} {res.predicted:,.0f} MiB, "
-            err = '' if math.isnan(a) else (" (a probe the line was fitted on)" if fitted else
-                                            f" (prediction {(res.predicted-res.measured)/res.measured:+.1%})")
-            print(f"  picked accum={int(res)} ({m} items per micro-batch): {line}measured {res.measured:,.0f} MiB{err}")
+        line = '' if math.isnan(a) else f"{'line' if fitted else 'predicted'} {res.predicted:,.0f} MiB, "
+        err = '' if math.isnan(a) else " (a probe the line was fitted on)" if fitted else f" (prediction {res.predicted/res.measured-1:+.1%})"
+        if self.verbose: print(f"  picked accum={int(res)} ({m} items per micro-batch): {line}measured {res.measured:,.0f} MiB{err}")
         return res
 
     def impossible(self, m:int):
@@ -541,7 +503,7 @@ def _hwm_restart():
 
 class MemoryBudget(Callback):
     "A CPU's out-of-memory error when training goes over `budget_mib`."
-    def __init__(self, budget_mib:float): # the most this process may hold while training, in resident MiB
+    def __init__(self, budget_mib:float):
         _check_mib(budget_mib, 'MemoryBudget')
         self.budget_mib, self.peak = float(budget_mib), None
     def before_fit(self):
