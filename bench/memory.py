@@ -11,18 +11,17 @@ CPU (demo data, a CPU memory budget on the process's resident memory):
   (b) `find_accum` for convnext_atto at a budget halfway between its accum=1 and accum=4 peaks from (a), with gradient
       checkpointing (timm's ConvNeXt keeps only each block's input; resnet18's stages save little): its pick, predicted
       against measured peak, the probes it needed, and checkpointing's saving.
-GPU (the seed's configurations; the dataset `paddy_data()` finds: the real one if present, else the demo, which needs
+GPU (Road to the Top's configurations; the dataset `paddy_data()` finds: the real one if present, else the demo, which needs
 the same memory at the same sizes; pretrained weights only at full scale):
-  (a) the seed's probe: convnext_small_in22k at 128 px with accum 1, 2, 4 (CUDA context + peak reserved, and the
+  (a) Road to the Top's probe: convnext_small_in22k at 128 px with accum 1, 2, 4 (CUDA context + peak reserved, and the
       allocator's peak allocated).
-  (b) the eight configurations of the seed's ensemble, each with the accum `find_accum` picks for a 16,280 MiB Kaggle
-      GPU (held to it by `set_per_process_memory_fraction` on a larger card), then measured at that accum.
+  (b) the eight configurations of Road to the Top's ensemble, each with the accum `find_accum` picks for a Kaggle T4 (15,110 MiB,
+      `KAGGLE_GPU_MIB`; held to it by `set_per_process_memory_fraction` on a larger card), then measured at that accum.
 Each row carries the device's name; the PNG's title does too.
 """
 import argparse, math, os, sys, time, warnings
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 warnings.filterwarnings('ignore', message='The pynvml package is deprecated')
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
 import pandas as pd, torch
@@ -30,12 +29,13 @@ import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from fastai.vision.all import Resize
 from paddy_lib.data import paddy_data
-from paddy_lib.memory import measure, find_accum, plot_peaks, device_name
+from paddy_lib.core import device_name
+from paddy_lib.memory import measure, find_accum, plot_peaks, KAGGLE_GPU_MIB
 
 OUT = ROOT/'bench'/'results'
-KAGGLE_MIB = 16280
+KAGGLE_MIB = KAGGLE_GPU_MIB  # a T4's 15,110 MiB: Kaggle's GPU today (Road to the Top's P100, 16,280 MiB, is retired)
 RES = (640, 480)
-ENSEMBLE = [  # the seed's `models` dict: (arch, item, size)
+ENSEMBLE = [  # Road to the Top's `models` dict: (arch, item, size)
     ('convnext_large_in22k', Resize(RES), 224),
     ('convnext_large_in22k', Resize(RES), (320, 224)),
     ('vit_large_patch16_224', Resize(480, method='squish'), 224),
@@ -131,7 +131,7 @@ def gpu(steps):
         print(lines[-1], flush=True)
     head = [f"device: {device_name()}; torch {torch.__version__}; {time.time()-t0:.0f} s; data: {path}",
             "memory = CUDA context + the allocator's peak reserved (what nvidia-smi shows at the peak), MiB"]
-    save(rows, 'memory_gpu', KAGGLE_MIB, ' — the seed\'s configurations, Kaggle budget 16,280 MiB', '\n'.join(head + lines))
+    save(rows, 'memory_gpu', KAGGLE_MIB, f' — Road to the Top\'s configurations, Kaggle T4 budget {KAGGLE_MIB:,.0f} MiB', '\n'.join(head + lines))
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])

@@ -278,3 +278,144 @@ def test_hold_to_budget_warns_over_the_card(fake_card):
     assert fracs == []                                   # nothing to hold: the card is the limit
     with hold_to_budget(12_000, 'cuda:0'): pass
     assert fracs == [pytest.approx((12_000-300)/15_360), 1.0]  # held to the budget less the context, then restored
+
+# Moved from nbs/03_memory.ipynb (issue 14): the lesson keeps one check per claim; these are its corner cases and the
+# process-level behaviour it used to show cell by cell.
+
+def test_peak_memory_inner_peak_counts_in_outer():
+    "A peak inside an inner block is the outer block's peak too (the inner one resets the kernel's counter)."
+    with peak_memory('cpu') as outer:
+        with peak_memory('cpu') as inner:
+            x = torch.ones(400*MiB//4); del x
+    assert abs(inner.used - 400) < 8 and abs(outer.used - 400) < 8
+
+def test_peak_memory_slow_sampler_misses_a_short_peak():
+    "The sampler sees what it samples: at a 2 s interval a shorter block gets only its first and last readings."
+    with peak_memory('cpu', sampler=True, interval=2) as slow:
+        x = torch.ones(256*MiB//4); del x
+    assert slow.method == 'sampled' and slow.used < 16 and slow.seconds < 2
+    if HWM_OK:  # the kernel's counter does not miss it
+        with peak_memory('cpu', sampler=False) as exact:
+            x = torch.ones(256*MiB//4); del x
+        assert abs(exact.used - 256) < 8
+
+def test_hold_to_budget_cpu_checks_entry_only():
+    from paddy_lib.memory import hold_to_budget
+    with hold_to_budget(rss_mib() + 1000, 'cpu'): x = torch.ones(2000*MiB//4); del x  # 2,000 MiB inside: not held
+    with pytest.raises(BudgetError, match='less than this process already holds'): hold_to_budget(10, 'cpu').__enter__()
+
+def test_fastai_head_needs_two_items():
+    "Why find_accum's min_bs is 2: vision_learner's head ends in a Linear with two BatchNorm1d, which can't train on 1 item."
+    from fastai.vision.learner import create_head
+    head = create_head(2*384, 10)
+    assert type(head[-1]) is nn.Linear and sum(isinstance(l, nn.BatchNorm1d) for l in head) == 2
+    bn = nn.BatchNorm1d(4).train()
+    with pytest.raises(ValueError, match='Expected more than 1 value per channel'): bn(torch.randn(1, 4))
+    assert bn(torch.randn(2, 4)).shape == (2, 4)
+
+def test_memory_budget_bad_input():
+    from paddy_lib.memory import MemoryBudget
+    with pytest.raises(PaddyError, match='positive number'): MemoryBudget(0)
+
+@pytest.fixture(scope='module')
+def demo():
+    from fastai.vision.all import Resize
+    from paddy_lib.data import paddy_data
+    return dict(arch='convnext_atto', size=128, item=Resize(160, method='squish'), path=paddy_data('demo'))
+
+def test_find_accum_recovers_from_real_oom(demo):
+    "A callback asks the CPU allocator for 256 TiB above 16 items: two probes fail for real, are freed, the search goes on."
+    import weakref
+    from fastai.callback.core import Callback
+    probed = []
+    class Greedy(Callback):
+        def before_fit(self): probed.append(weakref.ref(self.learn))  # every probe's learner, without keeping it alive
+        def before_batch(self):
+            if len(self.yb[0]) > 16: torch.empty(2**48, dtype=torch.uint8)
+    collect(); base = rss_mib()
+    c = find_accum(**demo, budget_mib=100_000, cbs=Greedy(), verbose=False)
+    assert c == 4 and c.probes.micro_bs.tolist() == [8, 16, 64, 32]  # 16 items per micro-batch
+    assert c.probes.oom.notna().sum() == 2 and "can't allocate memory" in c.probes.oom.dropna().iloc[0]
+    collect()
+    assert rss_mib() - base < (c.probes.peak_mib.max() - base)/4  # the failed probes' memory came back
+    assert len(probed) == 4 and [r() for r in probed] == [None]*4  # no probe's learner survived, the failed ones included
+
+def _short_run(path, bs=16):
+    "A resnet18 trained on two micro-batches of `bs` images, as in a probe (the notebook's `short_run`)."
+    from fastai.vision.all import Resize
+    from paddy_lib.data import paddy_dls
+    from paddy_lib.memory import _no_bar
+    from paddy_lib.training import train, StopAfter
+    item = Resize(160, method='squish')
+    with _no_bar():
+        learn, _ = train('resnet18', 128, item=item, path=path, eff_bs=bs, finetune=False, epochs=1, n_batches=2,
+                         return_learner=True, dls=paddy_dls(path, 128, item=item, bs=bs, num_workers=0))
+    learn.remove_cb(StopAfter)
+    return learn
+
+@pytest.fixture(scope='module')
+def warm(demo):
+    "A first short run in this process: it leaves one-off costs (code, caches) the measurements after it must not see."
+    free_learner(_short_run(demo['path']))
+    return demo
+
+def test_lean_inference_path(warm, tmp_path):
+    "export, free_learner, load_learner: inference holds the weights (resnet18: 43 MiB), not the training's memory."
+    from fastai.learner import load_learner
+    demo = warm
+    collect(); base = rss_mib()
+    learn = _short_run(demo['path']); trained = rss_mib() - base
+    learn.export(tmp_path/'model.pkl'); free_learner(learn); del learn
+    exported = rss_mib() - base
+    inf = load_learner(tmp_path/'model.pkl'); loaded = rss_mib() - base
+    tst = sorted((demo['path']/'test_images').iterdir())[:8]
+    with inf.no_bar(): preds, _ = inf.get_preds(dl=inf.dls.test_dl(tst, num_workers=0))
+    assert preds.shape[0] == 8
+    del inf, preds; collect(); freed = rss_mib() - base
+    assert exported < trained/5 and freed < trained/5 and loaded < trained/4, (trained, exported, loaded, freed)
+
+def test_a_kept_loss_holds_memory(warm):
+    "A loss computed outside `fit` holds its autograd graph: free_learner can't free it, `del loss` does."
+    demo = warm
+    collect(); base = rss_mib()
+    learn = _short_run(demo['path'])
+    xb, yb = learn.dls.one_batch()
+    loss = learn.loss_func(learn.model(xb), yb)
+    free_learner(learn); del learn, xb, yb
+    held = rss_mib() - base
+    del loss; collect()
+    released = rss_mib() - base
+    assert held > 100 and released < held/4, (held, released)
+
+def test_grad_checkpointing_keeps_fewer_activations():
+    import timm
+    from paddy_lib.memory import saved_activations
+    model = timm.create_model('convnext_atto', num_classes=10)
+    xb = torch.randn(32, 3, 128, 128)
+    plain = saved_activations(model, xb)
+    model.set_grad_checkpointing(True)
+    assert saved_activations(model, xb) < 0.5*plain
+
+def test_memory_anatomy_matches_profiler(tmp_path):
+    "memory_anatomy's parts against PyTorch's profiler at the peak of one Adam step of 32 items (after a first step)."
+    import json, warnings, timm, numpy as np, torch.nn.functional as F
+    from torch.profiler import profile, ProfilerActivity
+    from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX  # the timeline's column order (a private table)
+    from paddy_lib.memory import memory_anatomy
+    model = timm.create_model('convnext_atto', num_classes=10)
+    xb, yb = torch.randn(32, 3, 128, 128), torch.randint(0, 10, (32,))
+    est = memory_anatomy(model, xb)
+    opt = torch.optim.Adam(model.parameters())
+    def step(): F.cross_entropy(model(xb), yb).backward(); opt.step(); opt.zero_grad(set_to_none=False)
+    step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof: step()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)
+        prof.export_memory_timeline(str(tmp_path/'t.json'), device='cpu')
+    sizes = np.array(json.loads((tmp_path/'t.json').read_text())[1])[:, 1:]/MiB
+    cols = [str(c.name).lower() if c else 'unknown' for c in _CATEGORY_TO_INDEX]
+    peak = dict(zip(cols, sizes[sizes.sum(1).argmax()]))
+    for ours, theirs in [('weights', 'parameter'), ('gradients', 'gradient'), ('optimizer state', 'optimizer_state'),
+                         ('input batch', 'input')]:
+        assert abs(est[ours] - peak[theirs]) < 0.5, (ours, est[ours], peak[theirs])
+    assert abs(est['total'] - sum(peak.values())) < 0.05*est['total'], (est['total'], sum(peak.values()))
