@@ -56,6 +56,13 @@ def _report(run, dest, t0):
     for i, name, why in run.left_out: print(f"left out: member {i} ({name}): {why}")
     return run
 
+def _train(members, path, out, dest, t0, threads, **kwargs):
+    "Run the ensemble of `members` on `path`, then report it."
+    import torch
+    if threads: torch.set_num_threads(threads)
+    from paddy_lib.ensemble import run_ensemble
+    return _report(run_ensemble(members, path, out, **kwargs), dest, t0)
+
 @call_parse
 def paddy_demo(out:str='paddy_demo',  # folder for the members' results and submission.csv
                epochs:int=None,       # epochs per member (default: `DEMO_EPOCHS`, 8)
@@ -68,16 +75,13 @@ def paddy_demo(out:str='paddy_demo',  # folder for the members' results and subm
               ):
     "Train a small ensemble on the demo data on this machine and write submission.csv."
     t0 = time.perf_counter()
-    import torch
-    if threads: torch.set_num_threads(threads)
     from paddy_lib.data import make_demo_paddy, check_paddy
-    from paddy_lib.ensemble import DEMO_CONFIGS, DEMO_EPOCHS, run_ensemble
+    from paddy_lib.ensemble import DEMO_CONFIGS, DEMO_EPOCHS
     path = make_demo_paddy(data)
     print(f"dataset: {path} (demo{', from --data' if data else ''})")
     check_paddy(path)
-    run = run_ensemble(DEMO_CONFIGS, path, out, epochs=DEMO_EPOCHS if epochs is None else epochs, budget_mib=budget_mib,
-                       retrain=retrain, progress=progress, pretrained=False, num_workers=num_workers)
-    return _report(run, Path(out)/'submission.csv', t0)
+    return _train(DEMO_CONFIGS, path, out, Path(out)/'submission.csv', t0, threads, epochs=DEMO_EPOCHS if epochs is None else epochs,
+                  budget_mib=budget_mib, retrain=retrain, progress=progress, pretrained=False, num_workers=num_workers)
 
 @call_parse
 def paddy_ensemble(path:str=None,          # the dataset's root folder (default: the data `paddy_data()` picks)
@@ -96,16 +100,13 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
                   ):
     "Train an ensemble of resumable, memory-fitted members; write a checked submission."
     t0 = time.perf_counter()
-    import torch
-    if threads: torch.set_num_threads(threads)
     from paddy_lib.data import check_paddy
-    from paddy_lib.ensemble import SEED_CONFIGS, load_members, run_ensemble
+    from paddy_lib.ensemble import SEED_CONFIGS, load_members
     members = load_members(configs) if configs else SEED_CONFIGS
     path = chosen_dataset(path)
     if check: check_paddy(path)
-    run = run_ensemble(members, path, out, epochs=epochs, budget_mib=budget_mib, holdout_pct=holdout_pct,
-                       pretrained=pretrained, finetune=finetune, retrain=retrain, progress=progress)
-    return _report(run, Path(submission), t0)
+    return _train(members, path, out, Path(submission), t0, threads, epochs=epochs, budget_mib=budget_mib,
+                  holdout_pct=holdout_pct, pretrained=pretrained, finetune=finetune, retrain=retrain, progress=progress)
 
 # %% ../nbs/08_cli.ipynb #1d82ff04
 COMMANDS = {  # command -> (module, function): imported only when the command runs

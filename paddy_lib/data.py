@@ -130,13 +130,6 @@ def _listed(problems):
     "One line per non-empty (what, names) pair."
     return [f"{what} ({_few(xs)})" for what, xs in problems if len(xs)]
 
-def _check_layout(path):
-    "The four files and folders of the layout are there."
-    if not path.is_dir(): raise PaddyDataError(f"{path} is not a folder: pass the dataset's root (the one holding train.csv).")
-    missing = [n for n in ('train.csv', 'sample_submission.csv', 'train_images', 'test_images') if not (path/n).exists()]
-    if missing: raise PaddyDataError(f"{path} is missing {', '.join(missing)}: the Paddy Doctor layout is "
-                                     f"train.csv, sample_submission.csv, train_images/<label>/<image_id>.jpg, test_images/.")
-
 def _train_errors(df, trn):
     "What train.csv and train_images/ disagree on."
     need = _TRAIN_COLS[:3]  # `age` is optional: nothing in training reads it
@@ -168,7 +161,7 @@ def _bad_image(f):
     except Exception as e: return f'{type(e).__name__}: {e}'
 
 def _image_errors(path, n_workers):
-    files = list(get_image_files(path/'train_images')) + list(get_image_files(path/'test_images'))
+    files = get_image_files(path/'train_images') + get_image_files(path/'test_images')
     with ThreadPoolExecutor(n_workers) as ex: bad = [(f, r) for f, r in zip(files, ex.map(_bad_image, files)) if r]
     return [f"unreadable or truncated images ({_few(f.relative_to(path) for f, _ in bad)}); first error: {bad[0][1]}"] if bad else []
 
@@ -193,7 +186,10 @@ def _warn_counts(path, counts, valid_pct):
 def check_paddy(path:str|Path, images:bool=True, n_workers:int=8, valid_pct:float=0.2)->Path:
     "Raise a `PaddyDataError` listing every problem in the data at `path`."
     path = Path(path)
-    _check_layout(path)
+    if not path.is_dir(): raise PaddyDataError(f"{path} is not a folder: pass the dataset's root (the one holding train.csv).")
+    if missing := [n for n in ('train.csv', 'sample_submission.csv', 'train_images', 'test_images') if not (path/n).exists()]:
+        raise PaddyDataError(f"{path} is missing {', '.join(missing)}: the Paddy Doctor layout is "
+                             f"train.csv, sample_submission.csv, train_images/<label>/<image_id>.jpg, test_images/.")
     df = read_paddy_csv(path/'train.csv', dtype=str, keep_default_na=False)
     ss = read_paddy_csv(path/'sample_submission.csv', dtype=str, keep_default_na=False)
     errs = _train_errors(df, path/'train_images') + _test_errors(ss, path/'test_images')
