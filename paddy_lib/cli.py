@@ -12,7 +12,7 @@ from fastcore.script import call_parse, anno_parser
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['COMMANDS', 'chosen_dataset', 'paddy_check', 'paddy_demo', 'paddy_ensemble', 'usage', 'command', 'parser', 'main']
+__all__ = ['COMMANDS', 'paddy_check', 'paddy_demo', 'paddy_ensemble', 'usage', 'command', 'parser', 'main']
 
 # %% ../nbs/08_cli.ipynb #f86d4e7d
 if __name__ == '__main__' and Path(globals().get('__file__', '')).name == 'cli.py':  # `python -m paddy_lib.cli`, not a notebook
@@ -20,7 +20,7 @@ if __name__ == '__main__' and Path(globals().get('__file__', '')).name == 'cli.p
     sys.exit(_main())
 
 # %% ../nbs/08_cli.ipynb #dcd134a8
-def chosen_dataset(path:str|Path|None=None)->Path:
+def _chosen_dataset(path:str|Path|None=None)->Path:
     "The dataset a command uses (`path`, else `paddy_data()`), said on one line."
     from paddy_lib.data import paddy_data, is_demo_data
     picked = path is None
@@ -35,7 +35,7 @@ def paddy_check(path:str=None,    # the dataset's root folder (default: the data
                ):
     "Check a Paddy Doctor dataset (layout, CSVs, every image) before training on it."
     from paddy_lib.data import check_paddy, read_paddy_csv
-    path = check_paddy(chosen_dataset(path), images=images)
+    path = check_paddy(_chosen_dataset(path), images=images)
     n_trn, n_tst = len(read_paddy_csv(path/'train.csv')), len(read_paddy_csv(path/'sample_submission.csv'))
     print(f"{path}: OK ({n_trn:,} training images, {n_tst:,} test images{', all decoded' if images else ''})")
     return path
@@ -103,7 +103,7 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
     from paddy_lib.data import check_paddy
     from paddy_lib.ensemble import SEED_CONFIGS, load_members
     members = load_members(configs) if configs else SEED_CONFIGS
-    path = chosen_dataset(path)
+    path = _chosen_dataset(path)
     if check: check_paddy(path)
     return _train(members, path, out, Path(submission), t0, threads, epochs=epochs, budget_mib=budget_mib,
                   holdout_pct=holdout_pct, pretrained=pretrained, finetune=finetune, retrain=retrain, progress=progress)
