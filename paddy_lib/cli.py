@@ -1,4 +1,4 @@
-"""The course's main job as one command: `paddy demo` on any CPU, `paddy ensemble` on real data and a GPU, `paddy check` before hours of training, and `paddy push`/`paddy submit` for Kaggle; clear messages and exit codes instead of tracebacks.
+"""The course's main job as one console command
 
 Docs: https://paddy-lib.github.io/paddy_lib/cli.html.md"""
 
@@ -12,7 +12,7 @@ from fastcore.script import call_parse, anno_parser
 from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['COMMANDS', 'chosen_dataset', 'paddy_check', 'paddy_demo', 'paddy_ensemble', 'usage', 'command', 'parser', 'main']
+__all__ = ['COMMANDS', 'paddy_check', 'paddy_demo', 'paddy_ensemble', 'usage', 'command', 'parser', 'main']
 
 # %% ../nbs/08_cli.ipynb #f86d4e7d
 if __name__ == '__main__' and Path(globals().get('__file__', '')).name == 'cli.py':  # `python -m paddy_lib.cli`, not a notebook
@@ -20,32 +20,27 @@ if __name__ == '__main__' and Path(globals().get('__file__', '')).name == 'cli.p
     sys.exit(_main())
 
 # %% ../nbs/08_cli.ipynb #dcd134a8
-def chosen_dataset(path:str|Path|None=None, # the dataset given (`--path`), or None to let `paddy_data()` pick
-                  )->Path:                  # the dataset's root folder
-    "The dataset a command uses (`path`, else `paddy_data()`'s pick for this machine), announced on one line."
+def _chosen_dataset(path:str|Path|None=None)->Path:
+    "The dataset a command uses (`path`, else `paddy_data()`), said on one line."
     from paddy_lib.data import paddy_data, is_demo_data
     picked = path is None
     path = paddy_data() if picked else Path(path)
-    how = (", picked for this machine by paddy_scale() (the full data needs CUDA); --path picks another" if picked
-           else ", from --path")
+    how = ", picked for this machine by paddy_scale() (the full data needs CUDA); --path picks another" if picked else ", from --path"
     print(f"dataset: {path} ({'demo' if is_demo_data(path) else 'full'}{how})")
     return path
 
-# %% ../nbs/08_cli.ipynb #82e49b50
 @call_parse
-def paddy_check(path:str=None,      # the dataset's root folder (default: the data `paddy_data()` picks for this machine)
-                images:bool=True,   # also decode every image (--no-images: only the files and CSVs)
+def paddy_check(path:str=None,    # the dataset's root folder (default: the data `paddy_data()` picks)
+                images:bool=True, # also decode every image (--no-images: only the files and CSVs)
                ):
     "Check a Paddy Doctor dataset (layout, CSVs, every image) before training on it."
-    from paddy_lib.data import check_paddy
-    import pandas as pd
-    path = check_paddy(chosen_dataset(path), images=images)
-    n_trn = len(pd.read_csv(path/'train.csv'))
-    n_tst = len(pd.read_csv(path/'sample_submission.csv'))
+    from paddy_lib.data import check_paddy, read_paddy_csv
+    path = check_paddy(_chosen_dataset(path), images=images)
+    n_trn, n_tst = len(read_paddy_csv(path/'train.csv')), len(read_paddy_csv(path/'sample_submission.csv'))
     print(f"{path}: OK ({n_trn:,} training images, {n_tst:,} test images{', all decoded' if images else ''})")
     return path
 
-# %% ../nbs/08_cli.ipynb #55070473
+# %% ../nbs/08_cli.ipynb #b7ee288c
 def _show(df):
     import pandas as pd
     with pd.option_context('display.width', 200, 'display.max_columns', 20, 'display.precision', 3): print(df.to_string(index=False))
@@ -61,59 +56,59 @@ def _report(run, dest, t0):
     for i, name, why in run.left_out: print(f"left out: member {i} ({name}): {why}")
     return run
 
-@call_parse
-def paddy_demo(out:str='paddy_demo',     # folder for the members' results and submission.csv
-               epochs:int=None,          # epochs per member (default: `DEMO_EPOCHS`, 8)
-               data:str=None,            # demo data folder (default: $PADDY_DEMO, else ~/.cache/paddy_lib/...)
-               budget_mib:float=None,    # MiB each member may use: find_accum picks accums under it, a member over it is retried at a larger accum
-               retrain:bool=False,       # train every member again, even those already saved in `out`
-               progress:bool=None,       # fastai's progress bars (default: on a terminal; else one line per epoch; --no-progress: only the members' lines)
-               num_workers:int=None,     # DataLoader worker processes (default: 0 on a CPU, the fastest there)
-               threads:int=1,            # PyTorch's CPU threads (1: fastest on a small CPU shared with other work)
-              ):
-    "Train a small ensemble on the demo data on this machine (its GPU if it has one; a CPU will do) and write submission.csv."
-    t0 = time.perf_counter()
+def _train(members, path, out, dest, t0, threads, **kwargs):
+    "Run the ensemble of `members` on `path`, then report it."
     import torch
     if threads: torch.set_num_threads(threads)
+    from paddy_lib.ensemble import run_ensemble
+    return _report(run_ensemble(members, path, out, **kwargs), dest, t0)
+
+@call_parse
+def paddy_demo(out:str='paddy_demo',  # folder for the members' results and submission.csv
+               epochs:int=None,       # epochs per member (default: `DEMO_EPOCHS`, 8)
+               data:str=None,         # demo data folder (default: $PADDY_DEMO, else ~/.cache/paddy_lib/...)
+               budget_mib:float=None, # MiB each member may use (find_accum picks accums under it)
+               retrain:bool=False,    # train every member again, even those already saved in `out`
+               progress:bool=None,    # fastai's progress bars (default: on a terminal; else one line per epoch)
+               num_workers:int=None,  # DataLoader worker processes (default: 0 on a CPU, the fastest there)
+               threads:int=1,         # PyTorch's CPU threads (1: fastest on a small shared CPU)
+              ):
+    "Train a small ensemble on the demo data on this machine and write submission.csv."
+    t0 = time.perf_counter()
     from paddy_lib.data import make_demo_paddy, check_paddy
-    from paddy_lib.ensemble import DEMO_CONFIGS, DEMO_EPOCHS, run_ensemble
+    from paddy_lib.ensemble import DEMO_CONFIGS, DEMO_EPOCHS
     path = make_demo_paddy(data)
     print(f"dataset: {path} (demo{', from --data' if data else ''})")
     check_paddy(path)
-    run = run_ensemble(DEMO_CONFIGS, path, out, epochs=DEMO_EPOCHS if epochs is None else epochs, budget_mib=budget_mib,
-                       retrain=retrain, progress=progress, pretrained=False, num_workers=num_workers)
-    return _report(run, Path(out)/'submission.csv', t0)
+    return _train(DEMO_CONFIGS, path, out, Path(out)/'submission.csv', t0, threads, epochs=DEMO_EPOCHS if epochs is None else epochs,
+                  budget_mib=budget_mib, retrain=retrain, progress=progress, pretrained=False, num_workers=num_workers)
 
-# %% ../nbs/08_cli.ipynb #ba162d69
 @call_parse
 def paddy_ensemble(path:str=None,          # the dataset's root folder (default: the data `paddy_data()` picks)
-                   configs:str=None,       # a JSON or YAML file listing the members (default: the seed's eight)
+                   configs:str=None,       # a JSON or YAML file listing the members (default: Road to the Top's eight)
                    out:str='ensemble_runs', # folder for the members' results (a second run resumes from it)
-                   epochs:int=12,          # epochs per member (the seed's 12)
-                   budget_mib:float=None,  # MiB each member may use: picks accums, retries members over it (default on a GPU: a T4's 15,110 MiB, or the card's memory if smaller or on Kaggle; none on a CPU)
+                   epochs:int=12,          # epochs per member (Road to the Top's 12)
+                   budget_mib:float=None,  # MiB each member may use (default on a GPU: a T4's 15,110, or less if the card has less)
                    submission:str='submission.csv', # where to write the submission
                    holdout_pct:float=0.2,  # share of the training images held out to score members and ensembles
                    pretrained:bool=None,   # pretrained weights (default: follow the data: none on the demo data, pretrained on any other)
-                   finetune:bool=None,     # fine_tune; --no-finetune: fit_one_cycle on the whole model (default: by the weights: fine_tune pretrained, fit_one_cycle random)
+                   finetune:bool=None,     # fine_tune (default: by the weights: fine_tune pretrained, fit_one_cycle random)
                    check:bool=True,        # check the data (layout, CSVs, every image) before training
                    retrain:bool=False,     # train every member again, even those already saved in `out`
-                   progress:bool=None,     # fastai's progress bars (default: on a terminal; else one line per epoch; --no-progress: only the members' lines)
-                   threads:int=None,       # PyTorch's CPU threads (default: PyTorch's choice; 1 is fastest on a small shared CPU)
+                   progress:bool=None,     # fastai's progress bars (default: on a terminal; else one line per epoch)
+                   threads:int=None,       # PyTorch's CPU threads (default: PyTorch's choice)
                   ):
-    "Train an ensemble (the seed's eight by default) with resumable, memory-fitted members; write a checked submission."
+    "Train an ensemble of resumable, memory-fitted members; write a checked submission."
     t0 = time.perf_counter()
-    import torch
-    if threads: torch.set_num_threads(threads)
     from paddy_lib.data import check_paddy
-    from paddy_lib.ensemble import FULL_CONFIGS, load_members, run_ensemble
+    from paddy_lib.ensemble import FULL_CONFIGS, load_members
     members = load_members(configs) if configs else FULL_CONFIGS
-    path = chosen_dataset(path)
+    path = _chosen_dataset(path)
     if check: check_paddy(path)
-    run = run_ensemble(members, path, out, epochs=epochs, budget_mib=budget_mib, holdout_pct=holdout_pct,
-                       pretrained=pretrained, finetune=finetune, retrain=retrain, progress=progress)
-    return _report(run, Path(submission), t0)
+    return _train(members, path, out, Path(submission), t0, threads, epochs=epochs, budget_mib=budget_mib,
+                  holdout_pct=holdout_pct, pretrained=pretrained, finetune=finetune, retrain=retrain, progress=progress)
 
-# %% ../nbs/08_cli.ipynb #40ef3b3a
+# %% ../nbs/08_cli.ipynb #1d82ff04
 COMMANDS = {  # command -> (module, function): imported only when the command runs
     'demo':     ('paddy_lib.cli', 'paddy_demo'),
     'ensemble': ('paddy_lib.cli', 'paddy_ensemble'),
@@ -123,7 +118,7 @@ COMMANDS = {  # command -> (module, function): imported only when the command ru
 }
 _SUMMARY = {  # one line each for `paddy --help`, without importing the commands' modules
     'demo': "the main job on any machine: demo data, a small ensemble (on the GPU if any, else the CPU), submission.csv",
-    'ensemble': "train an ensemble on real data (the seed's eight by default), resumable, memory-fitted",
+    'ensemble': "train an ensemble on real data (Road to the Top's eight by default), resumable, memory-fitted",
     'check': "check a Paddy Doctor dataset before training on it",
     'push': "push the course's notebooks (and the library's wheels) to Kaggle",
     'submit': "check a submission CSV, then submit it to Kaggle",
@@ -136,7 +131,7 @@ def usage()->str:
             "commands:\n" + '\n'.join(f"  {c:<{w}}  {_SUMMARY[c]}" for c in COMMANDS) +
             "\n\n`paddy <command> --help` lists a command's options.")
 
-def command(name:str): # a command's name, e.g. 'demo'
+def command(name:str):
     "The function behind `paddy <name>`, imported now."
     if name not in COMMANDS:
         import difflib
@@ -144,39 +139,36 @@ def command(name:str): # a command's name, e.g. 'demo'
         raise KeyError(f"paddy: no command {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                        + f"; the commands are {', '.join(COMMANDS)}.")
     mod, fn = COMMANDS[name]
-    try: f = getattr(importlib.import_module(mod), fn)
+    try: return getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
-        raise ImportError(f"paddy {name} needs {mod}.{fn}, which this installation of paddy_lib lacks ({e}). Reinstall "
-                          "paddy_lib from its checkout (pip install -e .) or its wheel (it is not on PyPI).") from None
-    return f
+        raise ImportError(f"paddy {name} needs {mod}.{fn}, which this installation of paddy_lib lacks ({e}): reinstall it "
+                          "from its clone (`pip install -e .`) or from a wheel built there (`pip install dist/paddy_lib-*.whl`); "
+                          "paddy_lib is not on PyPI.") from None
 
-def _yes_no(v): return {True: 'yes', False: 'no'}.get(v)
-
-def parser(f,                # a command's function, with docments
-           prog:str|None=None, # the program's name in the usage line
-          )->argparse.ArgumentParser:
-    "fastcore's `anno_parser` for `f`, with every bool a `--x/--no-x` pair whose help says what the default does."
+# %% ../nbs/08_cli.ipynb #82e49b50
+def parser(f, prog:str|None=None)->argparse.ArgumentParser:
+    "fastcore's `anno_parser` for `f`, with every bool a `--x/--no-x` pair."
     p = anno_parser(f, prog=prog)
     for k, v in docments(f, full=True, returns=False, eval_str=True).items():
         if v.anno is not bool: continue
         old = next(a for a in p._actions if a.dest == k)  # fastcore's one-way flag (`--x`, or `--no-x` for a True default)
         p._handle_conflict_resolve(None, [(o, old) for o in old.option_strings])  # argparse's own way to drop an option
-        shown = '' if v.default is None else f" (default: {_yes_no(v.default)})"  # None: the docment says what decides
+        shown = '' if v.default is None else f" (default: {'yes' if v.default else 'no'})"  # None: the docment says what decides
         p.add_argument(f"--{k.replace('_', '-')}", action=argparse.BooleanOptionalAction, dest=k, help=(v.docment or '') + shown)
         p.set_defaults(**{k: v.default})
     return p
 
+# %% ../nbs/08_cli.ipynb #55070473
 def _call(f, prog, argv):
     "Parse `argv` for `f` as `call_parse` would, and call it."
     args = vars(parser(f, prog=prog).parse_args(argv))
     for k in ('pdb', 'xtra'): args.pop(k, None)
-    sig = inspect.signature(f)
-    var = [k for k, p in sig.parameters.items() if p.kind is inspect.Parameter.VAR_POSITIONAL]
+    var = [k for k, p in inspect.signature(f).parameters.items() if p.kind is inspect.Parameter.VAR_POSITIONAL]
     pos = args.pop(var[0]) or [] if var else []
     return f(*pos, **args)
 
 def main(argv:list|None=None, # the arguments after `paddy` (default: `sys.argv[1:]`)
-        )->int:               # the exit status: 0 done, 1 bad input, 2 bad command line, 3 done without some members, 130 interrupted
+        )->int:               # the exit status
     "The `paddy` console script: `paddy <command> [options]`."
     argv = list(sys.argv[1:] if argv is None else argv)
     import warnings  # two deprecation notices that torch's import prints, not ours: keep the terminal readable
@@ -190,7 +182,7 @@ def main(argv:list|None=None, # the arguments after `paddy` (default: `sys.argv[
     except (KeyError, ImportError) as e:
         print(e.args[0], file=sys.stderr)
         return 2 if isinstance(e, KeyError) else 1
-    from paddy_lib.data import PaddyError
+    from paddy_lib.core import PaddyError
     try: res = _call(f, f'paddy {name}', rest)
     except PaddyError as e:
         print(f"paddy {name}: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Where the competition's data lives, a demo copy that trains in seconds on a CPU, checks that catch bad data before hours of training, and the DataLoaders the course trains on.
+"""The Paddy layout, a demo copy, data checks and DataLoaders
 
 Docs: https://paddy-lib.github.io/paddy_lib/data.html.md"""
 
@@ -6,121 +6,254 @@ Docs: https://paddy-lib.github.io/paddy_lib/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #3e9ef89a
 from __future__ import annotations
-import math, os, shlex, shutil, tempfile, colorsys, functools, json, warnings, zipfile
+import os, shlex, shutil, tempfile, colorsys, functools, json, math, warnings, zipfile
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np, pandas as pd
 from PIL import Image, ImageDraw
-from fastcore.all import L, store_attr
+from fastcore.all import L
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, RandomSplitter, Resize, aug_transforms,
                                get_image_files, parent_label)
 from .core import PaddyError, PaddyWarning, iskaggle, kaggle_credentials, kaggle_api, CRED_HELP
 
 # %% auto #0
-__all__ = ['COMP', 'LABELS', 'VARIETIES', 'TRAIN_COLS', 'SUBM_COLS', 'PaddyDataError', 'demo_path', 'make_demo_paddy',
-           'kaggle_input', 'paddy_path', 'paddy_scale', 'paddy_data', 'is_demo_data', 'default_pretrained',
-           'read_paddy_csv', 'PaddyDataWarning', 'check_paddy', 'get_variety', 'smallest_label', 'get_test_files',
-           'paddy_dls', 'dls_dataset', 'check_submission']
+__all__ = ['COMP', 'LABELS', 'VARIETIES', 'PaddyDataError', 'is_demo_data', 'make_demo_paddy', 'read_paddy_csv',
+           'PaddyDataWarning', 'check_paddy', 'paddy_dls', 'dls_dataset', 'get_variety', 'smallest_label',
+           'get_test_files', 'kaggle_input', 'paddy_path', 'paddy_scale', 'paddy_data', 'default_pretrained',
+           'check_submission']
 
-# %% ../nbs/00_data.ipynb #3cef32f4
+# %% ../nbs/00_data.ipynb #7d0d5da2
 COMP = 'paddy-disease-classification'  # the Kaggle competition's slug
 LABELS = ('bacterial_leaf_blight', 'bacterial_leaf_streak', 'bacterial_panicle_blight', 'blast', 'brown_spot',
           'dead_heart', 'downy_mildew', 'hispa', 'normal', 'tungro')
 VARIETIES = ('ADT45', 'AndraPonni', 'AtchayaPonni', 'IR20', 'KarnatakaPonni', 'Onthanel', 'Ponni', 'RR', 'Surya', 'Zonal')
-TRAIN_COLS = ('image_id', 'label', 'variety', 'age')  # columns of train.csv
-SUBM_COLS = ('image_id', 'label')                     # columns of sample_submission.csv and of a submission
+_TRAIN_COLS = ('image_id', 'label', 'variety', 'age')  # train.csv's columns
+_SUBM_COLS = ('image_id', 'label')                     # sample_submission.csv's, and a submission's
 
 class PaddyDataError(PaddyError):
     "The data is missing or not in the Paddy Doctor layout."
 
-# %% ../nbs/00_data.ipynb #4fe1b06b
+# %% ../nbs/00_data.ipynb #3cef32f4
 _REAL_COUNTS = dict(normal=1764, blast=1738, hispa=1594, dead_heart=1442, tungro=1088, brown_spot=965,
                     downy_mildew=620, bacterial_leaf_blight=479, bacterial_leaf_streak=380, bacterial_panicle_blight=337)
 _DEMO_VERSION = 1
 
 def _demo_image(label_i, variety_i, rng, size):
-    "A synthetic leaf: the label sets the leaf's hue, the variety the spots' hue; both with noise."
+    "A synthetic leaf: the label sets its hue, the variety its spots' hue."
     w, h = size
     r, g, b = colorsys.hsv_to_rgb(label_i/10 + rng.uniform(-0.015, 0.015), 0.65, 0.55)
-    base = np.array([r, g, b]) * 255
     veins = 18*np.sin(np.linspace(0, rng.uniform(6, 14)*np.pi, w) + rng.uniform(0, 6))  # leaf-like stripes
-    arr = base[None, None, :] + veins[None, :, None] + rng.normal(0, 14, (h, w, 3))
+    arr = (np.array([r, g, b])*255)[None, None, :] + veins[None, :, None] + rng.normal(0, 14, (h, w, 3))
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    sr, sg, sb = colorsys.hsv_to_rgb((variety_i/10 + 0.05 + rng.uniform(-0.015, 0.015)) % 1, 0.9, 1.0)
-    spot = tuple(int(c*255) for c in (sr, sg, sb))
+    spot = tuple(int(c*255) for c in colorsys.hsv_to_rgb((variety_i/10 + 0.05 + rng.uniform(-0.015, 0.015)) % 1, 0.9, 1.0))
     for _ in range(rng.integers(6, 10)):
         x, y, rad = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(w/10, w/6)
         draw.ellipse([x-rad, y-rad*0.7, x+rad, y+rad*0.7], fill=spot)
     return img
 
-def demo_path() -> Path:
-    "Where `make_demo_paddy` puts the demo data by default: `$PADDY_DEMO`, else `~/.cache/paddy_lib/paddy-demo-v<version>`."
-    return Path(os.environ.get('PADDY_DEMO', Path.home()/'.cache'/'paddy_lib'/f'paddy-demo-v{_DEMO_VERSION}')).expanduser()
+def _write_demo(dest, counts, n_test, size, rng):
+    "Draw the demo's images and CSVs into `dest`."
+    rows, i = [], 100000
+    for li, lbl in enumerate(LABELS):
+        (dest/'train_images'/lbl).mkdir(parents=True)
+        for _ in range(counts[lbl]):
+            vi = int(rng.integers(len(VARIETIES)))
+            _demo_image(li, vi, rng, size).save(dest/'train_images'/lbl/f'{i}.jpg', quality=90)
+            rows.append((f'{i}.jpg', lbl, VARIETIES[vi], int(rng.choice([45, 50, 55, 60, 65, 70, 75, 80]))))
+            i += 1
+    pd.DataFrame(rows, columns=list(_TRAIN_COLS)).to_csv(dest/'train.csv', index=False)
+    (dest/'test_images').mkdir()
+    ids = [f'{200000+j}.jpg' for j in range(n_test)]
+    for fn in ids: _demo_image(int(rng.integers(10)), int(rng.integers(10)), rng, size).save(dest/'test_images'/fn, quality=90)
+    pd.DataFrame({'image_id': ids, 'label': ''}).to_csv(dest/'sample_submission.csv', index=False)
 
-# %% ../nbs/00_data.ipynb #ec0d518a
-def make_demo_paddy(dest:str|Path|None=None, # folder to create (default: `demo_path()`)
-                    n_train:int=300,           # about this many training images: split like the real counts, rounded per label, at least 8 each
-                    n_test:int=40,             # test images
-                    size:tuple=(96, 128),      # (width, height): portrait like the real 480×640 photos
-                    seed:int=42,               # everything is drawn from this seed: same call, same bytes
-                   )->Path:                    # the dataset's root folder
-    "Write a small, learnable, deterministic dataset in the Paddy Doctor layout; reuse it if it is already there."
-    dest = Path(dest) if dest is not None else demo_path()
+def is_demo_data(path:str|Path|None)->bool:
+    "Was `path` made by `make_demo_paddy`?"
+    return path is not None and (Path(path)/'.paddy_demo.json').is_file()
+
+# %% ../nbs/00_data.ipynb #e05bd247
+def make_demo_paddy(dest:str|Path|None=None, n_train:int=300, n_test:int=40, size:tuple=(96, 128), seed:int=42)->Path:
+    "Write a small, learnable demo in the Paddy layout, or reuse it."
+    default = Path.home()/'.cache'/'paddy_lib'/f'paddy-demo-v{_DEMO_VERSION}'
+    dest = Path(dest) if dest is not None else Path(os.environ.get('PADDY_DEMO', default)).expanduser()
     params = dict(version=_DEMO_VERSION, n_train=n_train, n_test=n_test, size=list(size), seed=seed)
     stamp = dest/'.paddy_demo.json'
     if stamp.exists():
         if json.loads(stamp.read_text()) == params: return dest
-        raise PaddyDataError(f"{dest} holds a demo dataset made with other settings ({stamp.read_text()}); "
-                             f"delete the folder or pass another `dest`.")
+        raise PaddyDataError(f"{dest} holds a demo made with other settings ({stamp.read_text()}): delete it or pass another `dest`.")
     if dest.exists() and any(dest.iterdir()):
-        raise PaddyDataError(f"{dest} exists and is not a demo dataset made by `make_demo_paddy`; pass another `dest`.")
-    rng = np.random.default_rng(seed)
+        raise PaddyDataError(f"{dest} exists and is not a demo dataset made by `make_demo_paddy`: pass another `dest`.")
     tot = sum(_REAL_COUNTS.values())
-    counts = {lbl: max(8, round(n_train*_REAL_COUNTS[lbl]/tot)) for lbl in LABELS}
+    counts = {l: max(8, round(n_train*_REAL_COUNTS[l]/tot)) for l in LABELS}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-paddy-demo-', dir=dest.parent))  # build aside, then rename: atomic
     try:
-        rows, i = [], 100000
-        for li, lbl in enumerate(LABELS):
-            (tmp/'train_images'/lbl).mkdir(parents=True)
-            for _ in range(counts[lbl]):
-                vi = int(rng.integers(len(VARIETIES)))
-                _demo_image(li, vi, rng, size).save(tmp/'train_images'/lbl/f'{i}.jpg', quality=90)
-                rows.append((f'{i}.jpg', lbl, VARIETIES[vi], int(rng.choice([45, 50, 55, 60, 65, 70, 75, 80]))))
-                i += 1
-        pd.DataFrame(rows, columns=list(TRAIN_COLS)).to_csv(tmp/'train.csv', index=False)
-        (tmp/'test_images').mkdir()
-        ids = [f'{200000+j}.jpg' for j in range(n_test)]
-        for fn in ids:
-            _demo_image(int(rng.integers(10)), int(rng.integers(10)), rng, size).save(tmp/'test_images'/fn, quality=90)
-        pd.DataFrame({'image_id': ids, 'label': ''}).to_csv(tmp/'sample_submission.csv', index=False)
+        _write_demo(tmp, counts, n_test, size, np.random.default_rng(seed))
         (tmp/'.paddy_demo.json').write_text(json.dumps(params))
         try:
-            if dest.exists(): dest.rmdir()  # an empty folder we were given (checked above)
+            if dest.exists(): dest.rmdir()  # an empty folder we were given
             tmp.rename(dest)
         except OSError:  # another process (a notebook running beside this one) finished first: use theirs
             if not stamp.exists() or json.loads(stamp.read_text()) != params: raise
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/00_data.ipynb #67966a67
-def kaggle_input(comp:str=COMP, # competition (or dataset) slug
-                )->Path:       # where Kaggle mounts its files in a notebook
-    "The folder where a Kaggle notebook finds the attached competition `comp`."
+# %% ../nbs/00_data.ipynb #d2eb79dc
+def _first_non_utf8(data:bytes):
+    "(position, line number, line) of the first byte of `data` that is not UTF-8."
+    try: data.decode('utf-8')
+    except UnicodeDecodeError as e: pos = e.start
+    start, end = data.rfind(b'\n', 0, pos) + 1, data.find(b'\n', pos)
+    return pos, data.count(b'\n', 0, pos) + 1, data[start:end if end >= 0 else None].decode('utf-8', 'replace').rstrip('\r')
+
+def read_paddy_csv(fn:str|Path, **kwargs)->pd.DataFrame:
+    "`pd.read_csv`; a file not in UTF-8 says where and how to fix it."
+    try: return pd.read_csv(fn, **kwargs)
+    except UnicodeDecodeError as e:
+        enc = kwargs.get('encoding') or 'UTF-8'
+        if enc.lower().replace('-', '') != 'utf8' or not isinstance(fn, (str, Path)):  # another encoding, or a buffer
+            raise PaddyDataError(f"{fn} is not {enc} text ({e}).") from None
+        pos, line, text = _first_non_utf8(Path(fn).read_bytes())
+        q = shlex.quote(str(fn))
+        raise PaddyDataError(f"{fn} is not UTF-8 text (how CSVs are read): byte 0x{e.object[e.start]:02x} at position "
+            f"{pos:,} (line {line}: {text!r}). Re-save it as UTF-8 (find its encoding with `file -i {q}`; for latin-1: "
+            f"`iconv -f latin1 -t utf-8 {q} > utf8.csv && mv utf8.csv {q}`, or in Python `p = Path({str(fn)!r}); "
+            f"p.write_text(p.read_text(encoding='latin-1'), encoding='utf-8')`).") from None
+
+# %% ../nbs/00_data.ipynb #3fd60164
+def _few(xs, n=5):
+    xs = sorted(map(str, xs))
+    return f"{len(xs)}: {', '.join(xs[:n])}{', ...' if len(xs) > n else ''}"
+
+def _listed(problems):
+    "One line per non-empty (what, names) pair."
+    return [f"{what} ({_few(xs)})" for what, xs in problems if len(xs)]
+
+def _train_errors(df, trn):
+    "What train.csv and train_images/ disagree on."
+    need = _TRAIN_COLS[:3]  # `age` is optional: nothing in training reads it
+    cols = [c for c in need if c not in df.columns]
+    errs = [f"train.csv has no column {', '.join(cols)} (it needs {', '.join(need)}, and may have "
+            f"{', '.join(_TRAIN_COLS[3:])}; found {', '.join(df.columns)})"] if cols else []
+    if not {'image_id', 'label'} <= set(df.columns): return errs
+    listed = {f'{l}/{i}' for l, i in zip(df.label, df.image_id)}
+    on_disk = {f'{f.parent.name}/{f.name}' for f in get_image_files(trn)}
+    return errs + _listed([
+        ("labels in train.csv without a folder in train_images/", set(df.label) - {d.name for d in trn.iterdir() if d.is_dir()}),
+        ("images listed in train.csv but missing on disk", listed - on_disk),
+        ("images in train_images/ not listed in train.csv, or under another label", on_disk - listed),
+        ("image ids listed more than once in train.csv", set(df.image_id[df.image_id.duplicated()]))])
+
+def _test_errors(ss, tst):
+    "What sample_submission.csv and test_images/ disagree on."
+    if 'image_id' not in ss.columns: return [f"sample_submission.csv has no column image_id (found {', '.join(ss.columns)})"]
+    names = {f.name for f in get_image_files(tst)}
+    return _listed([("test images missing from sample_submission.csv", names - set(ss.image_id)),
+                    ("sample_submission.csv rows without a test image", set(ss.image_id) - names)])
+
+def _bad_image(f):
+    "None if `f` decodes completely, else the reason."
+    try:
+        with Image.open(f) as im:
+            im.draft('RGB', (max(1, im.size[0]//8), max(1, im.size[1]//8)))  # JPEG: decode at 1/8 scale, all bytes still read
+            im.load()
+    except Exception as e: return f'{type(e).__name__}: {e}'
+
+def _image_errors(path, n_workers):
+    files = get_image_files(path/'train_images') + get_image_files(path/'test_images')
+    with ThreadPoolExecutor(n_workers) as ex: bad = [(f, r) for f, r in zip(files, ex.map(_bad_image, files)) if r]
+    return [f"unreadable or truncated images ({_few(f.relative_to(path) for f, _ in bad)}); first error: {bad[0][1]}"] if bad else []
+
+class PaddyDataWarning(PaddyWarning):
+    "Data that trains, but badly: a label with no or too few images."
+
+def _warn_counts(path, counts, valid_pct):
+    "Warn for labels with no image, or too few for the validation split."
+    dirs = {d.name for d in (path/'train_images').iterdir() if d.is_dir() and not d.name.startswith('.')}  # fastai skips .dirs
+    none = dirs - set(counts.index)
+    if set(counts.index) <= set(LABELS): none |= set(LABELS) - set(counts.index)  # the competition's labels: all 10 expected
+    if none: warnings.warn(f"{path}: labels with no training image ({_few(none)}): the model will have {len(counts)} "
+                           f"classes, not {len(counts)+len(none)}; put their images back if you want them.",
+                           PaddyDataWarning, stacklevel=3)
+    few = counts[counts*valid_pct < 1].sort_values()
+    shown = ', '.join(f'{l}: {n}' for l, n in few[:5].items()) + (f', ... {len(few)} in all' if len(few) > 5 else '')
+    if len(few): warnings.warn(
+        f"{path}: labels with fewer than {math.ceil(1/valid_pct - 1e-9)} training images ({shown}): a random "
+        f"{valid_pct:.0%} validation split holds under one of their images on average, so often none, and their error "
+        f"goes unmeasured; add images if you have them.", PaddyDataWarning, stacklevel=3)
+
+def check_paddy(path:str|Path, images:bool=True, n_workers:int=8, valid_pct:float=0.2)->Path:
+    "Raise a `PaddyDataError` listing every problem in the data at `path`."
+    path = Path(path)
+    if not path.is_dir(): raise PaddyDataError(f"{path} is not a folder: pass the dataset's root (the one holding train.csv).")
+    if missing := [n for n in ('train.csv', 'sample_submission.csv', 'train_images', 'test_images') if not (path/n).exists()]:
+        raise PaddyDataError(f"{path} is missing {', '.join(missing)}: the Paddy Doctor layout is "
+                             f"train.csv, sample_submission.csv, train_images/<label>/<image_id>.jpg, test_images/.")
+    df = read_paddy_csv(path/'train.csv', dtype=str, keep_default_na=False)
+    ss = read_paddy_csv(path/'sample_submission.csv', dtype=str, keep_default_na=False)
+    errs = _train_errors(df, path/'train_images') + _test_errors(ss, path/'test_images')
+    if images: errs += _image_errors(path, n_workers)
+    if errs: raise PaddyDataError(f"{path} is not usable Paddy Doctor data:\n- " + '\n- '.join(errs)
+                                  + "\nFix or remove these files (re-download or re-extract the data), then check again.")
+    _warn_counts(path, df.label.value_counts(), valid_pct)
+    return path
+
+# %% ../nbs/00_data.ipynb #131635f5
+def paddy_dls(path:str|Path, size:int|tuple=224, item=None, bs:int=64, valid_pct:float=0.2, seed:int|None=None,
+              trn_path:str|Path|None=None, splitter=None, min_scale:float=0.75, get_y=parent_label, y_blocks:list|None=None,
+              **kwargs):
+    "`ImageDataLoaders.from_folder` for the Paddy layout, as a DataBlock."
+    path = Path(path)
+    trn_path = Path(trn_path) if trn_path is not None else path/'train_images'
+    if not trn_path.exists(): raise PaddyDataError(f"{trn_path} does not exist: is {path} a Paddy dataset? (check_paddy tells)")
+    dblock = DataBlock(blocks=(ImageBlock, *(y_blocks or [CategoryBlock])), n_inp=1, get_items=get_image_files, get_y=get_y,
+                       splitter=splitter or RandomSplitter(valid_pct, seed=seed),
+                       item_tfms=item if item is not None else Resize(480, method='squish'),
+                       batch_tfms=aug_transforms(size=size, min_scale=min_scale))
+    dls = dblock.dataloaders(trn_path, bs=bs, **kwargs)
+    dls.data_path = path  # the dataset, for `dls_dataset` (`dls.path` stays '.', where fastai saves models)
+    return dls
+
+def dls_dataset(dls)->Path|None:
+    "The dataset root `dls` reads, if it can be told."
+    if getattr(dls, 'data_path', None) is not None: return Path(dls.data_path)
+    items = getattr(dls.train_ds, 'items', None)
+    if items is None or not len(items) or not isinstance(items[0], (str, Path)): return None  # rows, tensors, ...
+    return next((q for q in Path(items[0]).parents if (q/'train_images').is_dir() or is_demo_data(q)), None)
+
+# %% ../nbs/00_data.ipynb #50b49e83
+@functools.lru_cache(maxsize=16)
+def _train_df(csv:str, mtime:float): return read_paddy_csv(csv, index_col='image_id')
+
+def get_variety(p:str|Path)->str:
+    "The rice variety of training image `p`, from its dataset's train.csv."
+    p = Path(p)
+    csv = p.parent.parent.parent/'train.csv'
+    try: return _train_df(str(csv), csv.stat().st_mtime).loc[p.name, 'variety']
+    except FileNotFoundError: raise PaddyDataError(f"{p} is not under <root>/train_images/<label>/: no {csv}.") from None
+    except KeyError: raise PaddyDataError(f"{p.name} is not listed in {csv}: run check_paddy on the dataset.") from None
+
+def smallest_label(path:str|Path)->str:
+    "The label with the fewest training images."
+    return read_paddy_csv(Path(path)/'train.csv').label.value_counts().idxmin()
+
+def get_test_files(path:str|Path)->L:
+    "The test images of the dataset at `path`, sorted."
+    return get_image_files(Path(path)/'test_images').sorted()
+
+# %% ../nbs/00_data.ipynb #9c13c303
+def kaggle_input(comp:str=COMP)->Path:
+    "Where a Kaggle notebook finds the attached competition `comp`."
     return Path('/kaggle/input')/comp
 
-# %% ../nbs/00_data.ipynb #d2eb79dc
-def _local_copies(comp):
-    return [Path.cwd()/comp, Path.home()/'.fastai'/'data'/comp, Path.home()/'data'/comp]
+def _local_copies(comp): return [Path.cwd()/comp, Path.home()/'.fastai'/'data'/comp, Path.home()/'data'/comp]
 
 def _download(comp, dest):
-    "Download and unzip `comp` into `dest` with the kaggle client; never let its `SystemExit` escape."
+    "Download and unzip `comp` into `dest`; never let the client's `SystemExit` escape."
     if kaggle_credentials() is None: raise PaddyDataError(f"No Kaggle credentials, so {comp} can't be downloaded. {CRED_HELP}")
-    try:
-        kaggle_api().competition_download_cli(comp, path=str(dest.parent))
-    except (SystemExit, Exception) as e:  # the client exits or raises on bad credentials, rules not accepted, no network
+    try: kaggle_api().competition_download_cli(comp, path=str(dest.parent))
+    except (SystemExit, Exception) as e:  # bad credentials, rules not accepted, no network
         raise PaddyDataError(f"Downloading {comp} from Kaggle failed ({type(e).__name__}: {e}). Check your credentials, "
                              f"that you accepted the competition's rules on its Kaggle page, and your connection.") from e
     zf = dest.parent/f'{comp}.zip'
@@ -128,31 +261,24 @@ def _download(comp, dest):
     zf.unlink()
     return dest
 
-def paddy_path(path:str|Path|None=None, # an explicit dataset folder (wins over everything else)
-               comp:str=COMP,           # the competition's slug
-               download:bool=True,      # download through the kaggle client when nothing local is found
-              )->Path:                  # the dataset's root folder
-    "Find the Paddy Doctor data: `path`, `$PADDY_DATA`, Kaggle's input, a local copy, or a download."
+def paddy_path(path:str|Path|None=None, comp:str=COMP, download:bool=True)->Path:
+    "Find the data: `path`, `$PADDY_DATA`, Kaggle's input, a local copy, or a download."
     if path is None and os.environ.get('PADDY_DATA'): path = os.environ['PADDY_DATA']
     if path is not None:
         path = Path(path).expanduser()
         if not path.exists(): raise PaddyDataError(f"{path} does not exist: pass the folder that holds train.csv and train_images/.")
         return path
     if iskaggle:
-        p = kaggle_input(comp)
-        if p.exists(): return p
+        if (p := kaggle_input(comp)).exists(): return p
         raise PaddyDataError(f"{p} not found: add the '{comp}' competition to this notebook (Add Input > Competitions).")
-    for p in _local_copies(comp):
-        if (p/'train.csv').exists(): return p
+    if p := next((p for p in _local_copies(comp) if (p/'train.csv').exists()), None): return p
     if download and kaggle_credentials() is not None: return _download(comp, _local_copies(comp)[0])
-    raise PaddyDataError(
-        f"The {comp} data was not found (looked in {', '.join(str(p) for p in _local_copies(comp))}). "
-        f"To use the real data, download it from Kaggle: {CRED_HELP} Then call `paddy_path()` again, or pass the folder. "
-        f"To work offline, use the demo: `make_demo_paddy()` (or `paddy_data('demo')`).")
+    raise PaddyDataError(f"The {comp} data was not found (looked in {', '.join(map(str, _local_copies(comp)))}). For the "
+                         f"real data: {CRED_HELP} For the demo, offline: `make_demo_paddy()` (or `paddy_data('demo')`).")
 
-# %% ../nbs/00_data.ipynb #50b49e83
-def paddy_scale() -> str:
-    "'demo' or 'full': `$PADDY_SCALE`, else 'full' if the real data is found locally and CUDA is available."
+# %% ../nbs/00_data.ipynb #76dec20b
+def paddy_scale()->str:
+    "'demo' or 'full': `$PADDY_SCALE`, else full if real data and CUDA."
     s = os.environ.get('PADDY_SCALE', '').lower()
     if s in ('demo', 'full'): return s
     if s: raise PaddyError(f"PADDY_SCALE={s!r}: use 'demo' or 'full'.")
@@ -162,204 +288,32 @@ def paddy_scale() -> str:
     except PaddyDataError: return 'demo'
     return 'full'
 
-def paddy_data(scale:str|None=None, # 'demo' or 'full' (default: `paddy_scale()`)
-              )->Path:
-    "The dataset for `scale`: the demo (made if needed) or the real data (`paddy_path`)."
+def paddy_data(scale:str|None=None)->Path:
+    "The dataset for `scale` (default `paddy_scale()`): the demo, or the real data."
     scale = scale or paddy_scale()
     if scale not in ('demo', 'full'): raise PaddyError(f"scale={scale!r}: use 'demo' or 'full'.")
     return make_demo_paddy() if scale == 'demo' else paddy_path()
 
-# %% ../nbs/00_data.ipynb #9c13c303
-def is_demo_data(path:str|Path|None, # a dataset root (None: no dataset given)
-                )->bool:             # made by `make_demo_paddy`?
-    "Is `path` a demo dataset made by `make_demo_paddy` (so: offline, train from random weights)?"
-    return path is not None and (Path(path)/'.paddy_demo.json').is_file()
-
-def default_pretrained(path:str|Path|None, # the dataset a model will train on (None: `paddy_data()`'s)
-                      )->bool:             # use pretrained weights?
-    "`pretrained=None` resolved from the data: False on the demo data, True on any other."
+def default_pretrained(path:str|Path|None)->bool:
+    "`pretrained=None` resolved: False on the demo data, True on any other."
     return not is_demo_data(path if path is not None else paddy_data())
 
-# %% ../nbs/00_data.ipynb #76dec20b
-def _first_non_utf8(data:bytes):
-    "(byte position, line number, that line) of the first byte of `data` that is not UTF-8, or None."
-    try: data.decode('utf-8'); return None
-    except UnicodeDecodeError as e: pos = e.start
-    start, end = data.rfind(b'\n', 0, pos) + 1, data.find(b'\n', pos)
-    line = data[start:end if end >= 0 else len(data)].decode('utf-8', 'replace').rstrip('\r')
-    return pos, data.count(b'\n', 0, pos) + 1, line
-
-def read_paddy_csv(fn:str|Path, # a CSV: the dataset's train.csv or sample_submission.csv, or a submission
-                   **kwargs,    # passed to `pd.read_csv` (dtype, usecols, index_col, ...)
-                  )->pd.DataFrame:
-    "`pd.read_csv(fn, **kwargs)`; a file that is not UTF-8 raises a `PaddyDataError` saying where, and how to re-save it."
-    try: return pd.read_csv(fn, **kwargs)
-    except UnicodeDecodeError as e:
-        enc = kwargs.get('encoding') or 'UTF-8'
-        try: data = Path(fn).read_bytes()
-        except (TypeError, OSError): data = None  # a buffer, not a file: the position is in pandas' chunk
-        where = _first_non_utf8(data) if data is not None and enc.lower().replace('-', '') == 'utf8' else None
-        pos, line, text = where or (e.start, None, None)
-        at = f"byte 0x{(data if where else e.object)[pos]:02x} at position {pos:,}" + (f" (line {line}: {text!r})" if where else '')
-        q = shlex.quote(str(fn))
-        raise PaddyDataError(
-            f"{fn} is not {enc} text (how the library reads CSVs): {at} is not valid {enc}. Re-save it as UTF-8 (the "
-            f"encoding is not guessed: the same byte is a different letter in latin-1, cp1250, cp1252...): find its "
-            f"encoding with `file -i {q}`, then e.g. for latin-1 `iconv -f latin1 -t utf-8 {q} > utf8.csv && mv utf8.csv {q}`, "
-            f"or in Python `p = Path({str(fn)!r}); p.write_text(p.read_text(encoding='latin-1'), encoding='utf-8')`.") from None
-
-# %% ../nbs/00_data.ipynb #9f4f93e7
-def _bad_image(f):
-    "None if `f` decodes completely, else the reason."
-    try:
-        with Image.open(f) as im:
-            im.draft('RGB', (max(1, im.size[0]//8), max(1, im.size[1]//8)))  # JPEG: decode at 1/8 scale, all the bytes still read
-            im.load()
-    except Exception as e: return f'{type(e).__name__}: {e}'
-    return None
-
-def _few(xs, n=5):
-    xs = sorted(map(str, xs))
-    return f"{len(xs)}: {', '.join(xs[:n])}{', ...' if len(xs) > n else ''}"
-
-class PaddyDataWarning(PaddyWarning):
-    "Data that trains, but badly: a label with no image, or too few for the validation split to hold one."
-
-def check_paddy(path:str|Path,       # the dataset's root folder
-                images:bool=True,    # also decode every image (the slow part: a few seconds per 10,000 images)
-                n_workers:int=8,     # threads decoding images
-                valid_pct:float=0.2, # the validation share training will use: a label under 1/valid_pct images warns
-               )->Path:              # `path`, so calls chain
-    "Raise a `PaddyDataError` listing every problem that would break training or submission on the data at `path`; warn for labels with too few images."
-    path = Path(path)
-    if not path.is_dir(): raise PaddyDataError(f"{path} is not a folder: pass the dataset's root (the one holding train.csv).")
-    errs = []
-    need = ['train.csv', 'sample_submission.csv', 'train_images', 'test_images']
-    missing = [n for n in need if not (path/n).exists()]
-    if missing: raise PaddyDataError(f"{path} is missing {', '.join(missing)}: the Paddy Doctor layout is "
-                                     f"train.csv, sample_submission.csv, train_images/<label>/<image_id>.jpg, test_images/.")
-    df = read_paddy_csv(path/'train.csv', dtype=str, keep_default_na=False)
-    need_cols = TRAIN_COLS[:3]  # `age` is optional: nothing in training reads it
-    cols = [c for c in need_cols if c not in df.columns]
-    if cols: errs.append(f"train.csv has no column {', '.join(cols)} (it needs {', '.join(need_cols)}, and may have "
-                         f"{', '.join(TRAIN_COLS[3:])}; found {', '.join(df.columns)})")
-    ss = read_paddy_csv(path/'sample_submission.csv', dtype=str, keep_default_na=False)
-    if 'image_id' not in ss.columns: errs.append(f"sample_submission.csv has no column image_id (found {', '.join(ss.columns)})")
-    trn = path/'train_images'
-    if {'image_id', 'label'} <= set(df.columns):
-        dirs = {d.name for d in trn.iterdir() if d.is_dir()}
-        nodir = set(df.label) - dirs
-        if nodir: errs.append(f"labels in train.csv without a folder in train_images/ ({_few(nodir)})")
-        listed = {f'{l}/{i}' for l, i in zip(df.label, df.image_id)}
-        on_disk = {f'{f.parent.name}/{f.name}' for f in get_image_files(trn)}
-        absent = listed - on_disk
-        if absent: errs.append(f"images listed in train.csv but missing on disk ({_few(absent)})")
-        unlisted = on_disk - listed
-        if unlisted: errs.append(f"images in train_images/ not listed in train.csv, or under another label ({_few(unlisted)})")
-        dups = df.image_id[df.image_id.duplicated()]
-        if len(dups): errs.append(f"image ids listed more than once in train.csv ({_few(set(dups))})")
-    tst = {f.name for f in get_image_files(path/'test_images')}
-    if 'image_id' in ss.columns:
-        if tst - set(ss.image_id): errs.append(f"test images missing from sample_submission.csv ({_few(tst - set(ss.image_id))})")
-        if set(ss.image_id) - tst: errs.append(f"sample_submission.csv rows without a test image ({_few(set(ss.image_id) - tst)})")
-    if images:
-        files = list(get_image_files(trn)) + list(get_image_files(path/'test_images'))
-        with ThreadPoolExecutor(n_workers) as ex: bad = [(f, r) for f, r in zip(files, ex.map(_bad_image, files)) if r]
-        if bad: errs.append(f"unreadable or truncated images ({_few(f.relative_to(path) for f, _ in bad)}); first error: {bad[0][1]}")
-    if errs: raise PaddyDataError(f"{path} is not usable Paddy Doctor data:\n- " + '\n- '.join(errs)
-                                  + "\nFix or remove these files (re-download or re-extract the data), then check again.")
-    counts = df.label.value_counts()  # the data is consistent: these are the images on disk too
-    none = {d for d in dirs if not d.startswith('.')} - set(counts.index)  # label folders with no image (fastai skips .dirs)
-    if set(counts.index) <= set(LABELS): none |= set(LABELS) - set(counts.index)  # the competition's labels: all 10 expected
-    if none: warnings.warn(f"{path}: labels with no training image ({_few(none)}): the model will have {len(counts)} "
-                           f"classes, not {len(counts)+len(none)}, and can never predict these. If that is not what you "
-                           f"want, put their images back (re-extract the data).", PaddyDataWarning, stacklevel=2)
-    few = counts[counts*valid_pct < 1].sort_values()
-    shown = ', '.join(f'{l}: {n}' for l, n in few[:5].items()) + (f', ... {len(few)} in all' if len(few) > 5 else '')
-    if len(few): warnings.warn(
-        f"{path}: labels with fewer than {math.ceil(1/valid_pct - 1e-9)} training images ({shown}): a random "
-        f"{valid_pct:.0%} validation split (valid_pct={valid_pct}) takes {valid_pct:.0%} of a label's images on average, "
-        f"under one image here, so often none: the error on these labels goes unmeasured, and the model learns them from "
-        f"a handful of images at best. Add images of these labels if you have them; training still runs.", PaddyDataWarning, stacklevel=2)
-    return path
-
-# %% ../nbs/00_data.ipynb #34dedd7c
-@functools.lru_cache(maxsize=16)
-def _train_df(csv:str, mtime:float): return read_paddy_csv(csv, index_col='image_id')
-
-def get_variety(p:str|Path, # a training image: <root>/train_images/<label>/<image_id>.jpg
-               )->str:
-    "The rice variety of training image `p`, from the `train.csv` of its dataset."
-    p = Path(p)
-    csv = p.parent.parent.parent/'train.csv'
-    try: return _train_df(str(csv), csv.stat().st_mtime).loc[p.name, 'variety']
-    except FileNotFoundError: raise PaddyDataError(f"{p} is not under <root>/train_images/<label>/: no {csv}.") from None
-    except KeyError: raise PaddyDataError(f"{p.name} is not listed in {csv}: run check_paddy on the dataset.") from None
-
-def smallest_label(path:str|Path)->str:
-    "The label with the fewest training images: a quick, full-memory probe trains on it."
-    return read_paddy_csv(Path(path)/'train.csv').label.value_counts().idxmin()
-
-def get_test_files(path:str|Path)->L:
-    "The test images of the dataset at `path`, in a stable (sorted) order."
-    return get_image_files(Path(path)/'test_images').sorted()
-
-# %% ../nbs/00_data.ipynb #d5efc17c
-def paddy_dls(path:str|Path,                        # dataset root (holds train_images/)
-              size:int|tuple=224,                   # training size after the batch transforms
-              item=None,                            # item transform (default: `Resize(480, method='squish')`)
-              bs:int=64,                            # batch size
-              valid_pct:float=0.2,                  # share of the images held out for validation
-              seed:int|None=None,                   # seed of the random split (None: a new split each call)
-              trn_path:str|Path|None=None,          # train on this folder instead of train_images/ (e.g. one label's)
-              splitter=None,                        # a fastai splitter overriding `valid_pct`/`seed`
-              min_scale:float=0.75,                 # `aug_transforms`' smallest crop
-              get_y=parent_label,                   # the label getter, or one getter per target block
-              y_blocks:list|None=None,              # the target blocks (default: one `CategoryBlock`; more for multi-target)
-              **kwargs,                             # passed to `DataBlock.dataloaders` (num_workers, device, ...)
-             ):
-    "The seed's `ImageDataLoaders.from_folder` for the Paddy layout: label from the folder, augmented to `size`."
-    path = Path(path)
-    trn_path = Path(trn_path) if trn_path is not None else path/'train_images'
-    if not trn_path.exists(): raise PaddyDataError(f"{trn_path} does not exist: is {path} a Paddy dataset? (check_paddy tells)")
-    if item is None: item = Resize(480, method='squish')
-    dblock = DataBlock(blocks=(ImageBlock, *(y_blocks or [CategoryBlock])), n_inp=1, get_items=get_image_files, get_y=get_y,
-                       splitter=splitter or RandomSplitter(valid_pct, seed=seed),
-                       item_tfms=item, batch_tfms=aug_transforms(size=size, min_scale=min_scale))
-    dls = dblock.dataloaders(trn_path, bs=bs, **kwargs)
-    dls.data_path = path  # the dataset, for `dls_dataset` (`dls.path` stays '.', where fastai saves models)
-    return dls
-
-def dls_dataset(dls, # DataLoaders
-               )->Path|None: # the dataset's root folder, if known
-    "The dataset `dls` read: `dls.data_path` (set by `paddy_dls`), else the folder above its first training image that holds `train_images/` or is a demo dataset, else None."
-    if getattr(dls, 'data_path', None) is not None: return Path(dls.data_path)
-    items = getattr(dls.train_ds, 'items', None)
-    if items is None or not len(items) or not isinstance(items[0], (str, Path)): return None  # rows, tensors, ...
-    return next((q for q in Path(items[0]).parents if (q/'train_images').is_dir() or is_demo_data(q)), None)
-
-# %% ../nbs/00_data.ipynb #b7626ba6
-def check_submission(sub:str|Path|pd.DataFrame, # a submission CSV or DataFrame
-                     path:str|Path,             # the dataset root: its sample_submission.csv and train.csv are the reference
-                    )->pd.DataFrame:            # the submission, in sample_submission's row order
-    "Check `sub` has exactly the columns image_id,label, one row per test image and only known labels; return it aligned to sample_submission."
+# %% ../nbs/00_data.ipynb #f0b3425d
+def check_submission(sub:str|Path|pd.DataFrame, path:str|Path)->pd.DataFrame:
+    "Check submission `sub` (a CSV or DataFrame) against the data at `path`."
     path = Path(path)
     df = read_paddy_csv(sub, dtype=str, keep_default_na=False) if not isinstance(sub, pd.DataFrame) else sub.astype(str)
-    cols = [c for c in SUBM_COLS if c not in df.columns]
-    if cols: raise PaddyError(f"The submission has no column {', '.join(cols)}: it needs exactly {','.join(SUBM_COLS)}.")
-    extra = [str(c) for c in df.columns if c not in SUBM_COLS]
-    if extra: raise PaddyError(
-        f"The submission has extra columns ({', '.join(extra)}): it must have exactly the columns {','.join(SUBM_COLS)}. "
-        f"Keep only those, e.g. `df[{list(SUBM_COLS)}].to_csv(fn, index=False)`"
+    if cols := [c for c in _SUBM_COLS if c not in df.columns]:
+        raise PaddyError(f"The submission has no column {', '.join(cols)}: it needs exactly {','.join(_SUBM_COLS)}.")
+    if extra := [str(c) for c in df.columns if c not in _SUBM_COLS]: raise PaddyError(
+        f"The submission has extra columns ({', '.join(extra)}): it must have exactly the columns {','.join(_SUBM_COLS)}"
         + (" (an 'Unnamed: 0' column is the index pandas wrote: save with index=False)." if any(c.startswith('Unnamed')
-           for c in extra) else "."))
+           for c in extra) else "; keep only those."))
     ss = read_paddy_csv(path/'sample_submission.csv', dtype=str, keep_default_na=False)
-    errs = []
-    dups = df.image_id[df.image_id.duplicated()]
-    if len(dups): errs.append(f"image ids more than once ({_few(set(dups))})")
-    if set(ss.image_id) - set(df.image_id): errs.append(f"test images without a row ({_few(set(ss.image_id) - set(df.image_id))})")
-    if set(df.image_id) - set(ss.image_id): errs.append(f"rows for unknown images ({_few(set(df.image_id) - set(ss.image_id))})")
+    ids, want = set(df.image_id), set(ss.image_id)
     vocab = set(read_paddy_csv(path/'train.csv', usecols=['label']).label)
-    if set(df.label) - vocab: errs.append(f"labels not in the competition's ({_few(set(df.label) - vocab)})")
+    errs = _listed([("image ids more than once", set(df.image_id[df.image_id.duplicated()])),
+                    ("test images without a row", want - ids), ("rows for unknown images", ids - want),
+                    ("labels not in the competition's", set(df.label) - vocab)])
     if errs: raise PaddyError("The submission is not valid:\n- " + '\n- '.join(errs))
-    return df.set_index('image_id').loc[ss.image_id].reset_index()[list(SUBM_COLS)]
+    return df.set_index('image_id').loc[ss.image_id].reset_index()[list(_SUBM_COLS)]

@@ -13,7 +13,8 @@ CONSOLE = [shutil.which('paddy')] if shutil.which('paddy') else PADDY  # the ins
 
 
 def paddy(*args, env=None, **kw):
-    return subprocess.run([*PADDY, *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}, **kw)
+    "Run `paddy *args` through the installed console script (else `python -m paddy_lib.cli`)."
+    return subprocess.run([*CONSOLE, *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}, **kw)
 
 
 def test_help_lists_every_command():
@@ -21,6 +22,12 @@ def test_help_lists_every_command():
     assert r.returncode == 0, r.stderr
     for c in COMMANDS: assert f'\n  {c} ' in r.stdout
     assert paddy().returncode == 2          # no command: the usage, and the usage-error status
+
+
+def test_python_m_is_the_same_command():
+    "`python -m paddy_lib.cli` (no installed script needed): the module hands over to its imported self."
+    r = subprocess.run([*PADDY, 'check', '--help'], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith('usage: paddy check'), r.stdout + r.stderr
 
 
 @pytest.mark.parametrize('cmd', list(COMMANDS))
@@ -46,6 +53,42 @@ def test_unknown_command_and_bad_input(tmp_path, capsys):
     assert 'Unknown member field(s) wieght' in err and 'Traceback' not in err
     assert main(['check', '--path', str(tmp_path)]) == 1
     assert 'is missing train.csv' in capsys.readouterr().err
+    (tmp_path/'typo.json').write_text('[{"arch": "resnet18", "item": ["squash", 96], "size": 32}]')
+    assert main(['ensemble', '--path', str(tmp_path), '--configs', str(tmp_path/'typo.json'), '--no-check']) == 1
+    assert 'method one of squish, crop, pad' in capsys.readouterr().err
+    assert main(['submit', str(tmp_path/'nope.csv'), 'my message', '--path', str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('paddy submit: ') and 'nope.csv' in err and 'Traceback' not in err
+
+
+def test_bad_option_is_status_2():
+    "argparse's own message and status, through the console script."
+    r = paddy('demo', '--epochs', 'x')
+    assert r.returncode == 2 and "argument --epochs: invalid int value: 'x'" in r.stderr, r.stderr
+
+
+def test_interrupt_is_status_130(monkeypatch, capsys):
+    "Ctrl-C during a command: status 130 and a line saying finished work is kept; no traceback."
+    import paddy_lib.cli
+    def interrupted(path:str=None, images:bool=True): raise KeyboardInterrupt
+    monkeypatch.setattr(paddy_lib.cli, 'paddy_check', interrupted)
+    assert main(['check']) == 130
+    err = capsys.readouterr().err
+    assert 'paddy check: interrupted. Finished work is saved: run the same command again to carry on.' in err
+    assert 'Traceback' not in err
+
+
+def test_missing_command_function_says_how_to_reinstall(monkeypatch, capsys):
+    "A command this installation lacks: status 1, and the README's install, never `pip install -U` (not on PyPI)."
+    import paddy_lib.cli
+    monkeypatch.setitem(paddy_lib.cli.COMMANDS, 'check', ('paddy_lib.cli', 'no_such_function'))
+    assert main(['check']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('paddy check needs paddy_lib.cli.no_such_function, which this installation of paddy_lib lacks')
+    assert 'from its clone (`pip install -e .`)' in err and '`pip install dist/paddy_lib-*.whl`' in err
+    assert 'not on PyPI' in err and 'pip install -U' not in err
+    readme = (Path(__file__).resolve().parents[1]/'README.md').read_text()
+    assert 'pip install -e .' in readme and 'pip install dist/paddy_lib-*.whl' in readme   # the same two ways
 
 
 def test_demo_killed_after_first_member_resumes_and_writes_submission(tmp_path):
@@ -84,6 +127,9 @@ def test_demo_killed_after_first_member_resumes_and_writes_submission(tmp_path):
     records = pd.read_csv(out/'records.csv')
     assert records.status.tolist() == ['loaded', 'trained', 'trained', 'trained']
     assert (records.accum == 2).all()
+    from paddy_lib.core import device_name
+    from paddy_lib.ensemble import load_member
+    assert {load_member(f)['record']['device'] for f in (out/'members').glob('*.pt')} == {device_name()}  # this machine's device
 
 
 # --- paddy push on a machine without Kaggle credentials ---

@@ -197,3 +197,39 @@ def test_small_data_error_advises_what_the_cli_can_set(demo):
     assert 'a larger `accum` that divides eff_bs=64' in msg and "a member's `accum` in its --configs file" in msg
     learn = paddy_learner('resnet18', 32, path=demo, trn_path=small, accum=16, num_workers=0)   # batches of 4
     assert learn.dls.train.bs == 4 and len(learn.dls.train) == 1
+
+
+# --- the layout, every problem at once, truncated images (moved from nbs/00_data.ipynb, issue 14)
+
+def test_check_paddy_layout_errors(data, tmp_path):
+    "A label without a folder; a folder that is not a dataset; a path that is not a folder."
+    import shutil
+    shutil.rmtree(data/'train_images'/'tungro')
+    with pytest.raises(PaddyDataError, match=r'labels in train.csv without a folder in train_images/ \(1: tungro\)'):
+        check_paddy(data, images=False)
+    with pytest.raises(PaddyDataError, match=r'is missing train.csv, sample_submission.csv, train_images, test_images: the Paddy'):
+        check_paddy(tmp_path/'paddy'/'train_images')
+    with pytest.raises(PaddyDataError, match='is not a folder'): check_paddy(data/'train.csv')
+
+
+def test_check_paddy_lists_every_problem(data):
+    "Unlisted and duplicated training images, a sample_submission row without an image: one error, a line each."
+    df = pd.read_csv(data/'train.csv')
+    (data/'train_images'/'blast'/'999999.jpg').write_bytes((data/'train_images'/'blast'/df[df.label == 'blast'].image_id.iloc[0]).read_bytes())
+    pd.concat([df, df.iloc[:1]]).to_csv(data/'train.csv', index=False)
+    ss = pd.read_csv(data/'sample_submission.csv')
+    pd.concat([ss, pd.DataFrame({'image_id': ['nope.jpg'], 'label': ['']})]).to_csv(data/'sample_submission.csv', index=False)
+    with pytest.raises(PaddyDataError) as e: check_paddy(data, images=False)
+    lines = str(e.value).splitlines()
+    assert lines[0] == f'{data} is not usable Paddy Doctor data:'
+    assert lines[1:4] == ["- images in train_images/ not listed in train.csv, or under another label (1: blast/999999.jpg)",
+                          f"- image ids listed more than once in train.csv (1: {df.image_id[0]})",
+                          "- sample_submission.csv rows without a test image (1: nope.jpg)"]
+    assert lines[-1].startswith('Fix or remove these files')
+
+
+def test_check_paddy_names_truncated_image(data):
+    f = next((data/'test_images').iterdir()); f.write_bytes(f.read_bytes()[:300])
+    with pytest.raises(PaddyDataError, match=rf'unreadable or truncated images \(1: test_images/{f.name}\); first error: '):
+        check_paddy(data)
+    assert check_paddy(data, images=False) == data   # images=False: only the files and CSVs
