@@ -1,4 +1,4 @@
-"""One network that predicts a rice leaf's disease and its variety: a DataBlock with two targets, softmax and cross-entropy from scratch, the losses and metrics that slice one output in two, and predictions decoded per target.
+"""One model that predicts a leaf's disease and its rice variety
 
 Docs: https://paddy-lib.github.io/paddy_lib/multitarget.html.md"""
 
@@ -6,294 +6,151 @@ Docs: https://paddy-lib.github.io/paddy_lib/multitarget.html.md"""
 
 # %% ../nbs/04_multitarget.ipynb #afe0b6bb
 from __future__ import annotations
+import itertools
 from pathlib import Path
 import torch, torch.nn.functional as F, pandas as pd
-from fastcore.all import L, patch
-from fastai.vision.all import CategoryBlock, parent_label, error_rate, vision_learner, Categorize, MultiCategorize, Learner
+from fastcore.all import L, first, ifnone, delegates
+from fastai.vision.all import CategoryBlock, Categorize, parent_label, error_rate, vision_learner, Learner
 from .data import PaddyError, LABELS, VARIETIES, get_variety, default_pretrained, paddy_dls, dls_dataset
 from .data import get_test_files, check_submission
 from .training import timm_arch, precision_for
 
 # %% auto #0
-__all__ = ['PADDY_TARGETS', 'MultiTargetError', 'TargetCountError', 'HeadSizeError', 'MultiTargetLoss', 'MultiTarget',
-           'disease_loss', 'variety_loss', 'combine_loss', 'disease_err', 'variety_err', 'multitarget_dls',
+__all__ = ['disease_loss', 'variety_loss', 'combine_loss', 'disease_err', 'variety_err', 'MultiTarget', 'multitarget_dls',
            'multitarget_learner', 'predict_targets', 'multitarget_submission']
 
-# %% ../nbs/04_multitarget.ipynb #fea74d0d
-class MultiTargetError(PaddyError):
-    "A multi-target model's getters, blocks, targets or head don't fit together."
+# %% ../nbs/04_multitarget.ipynb #bd420b4c
+def disease_loss(inp,disease,variety): return F.cross_entropy(inp[:,:10],disease)
+def variety_loss(inp,disease,variety): return F.cross_entropy(inp[:,10:],variety)
+def combine_loss(inp,disease,variety): return disease_loss(inp,disease,variety)+variety_loss(inp,disease,variety)
 
-class TargetCountError(MultiTargetError):
-    "The number of getters, blocks, names, vocabularies or weights doesn't match the number of targets."
+def disease_err(inp,disease,variety): return error_rate(inp[:,:10],disease)
+def variety_err(inp,disease,variety): return error_rate(inp[:,10:],variety)
 
-class HeadSizeError(MultiTargetError):
-    "The model's head doesn't have one output for each class of each target."
-
-# %% ../nbs/04_multitarget.ipynb #752fce95
-def _plain(t): return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t  # fastai's typed tensors don't mix
-
+# %% ../nbs/04_multitarget.ipynb #38870d13
 class _TargetFn:
-    "Loss or error rate of target `i` of `mt`: a picklable callable named like the seed's functions (`disease_loss`)."
+    "Loss or error rate of target `i`: picklable, named like `disease_loss`."
     def __init__(self, mt, i, kind): self.mt,self.i,self.kind,self.__name__ = mt,i,kind,f'{mt.names[i]}_{kind}'
     def __call__(self, inp, *targs):
-        out, targ = _plain(self.mt.logits(inp, self.i)), _plain(self.mt.target(targs, self.i))
+        out, targ = self.mt.split(inp)[self.i], targs[self.i]
         return F.cross_entropy(out, targ) if self.kind == 'loss' else error_rate(out, targ)
     def __repr__(self): return self.__name__
 
-class MultiTargetLoss:
-    "Weighted sum of the targets' cross-entropies, with fastai's `activation` (a softmax per target) and `decodes`."
-    def __init__(self, mt): self.mt,self.reduction,self.__name__ = mt,'mean','combine_loss'
-    def __call__(self, inp, *targs):
-        mt, inp = self.mt, _plain(inp)
-        mt.check_outputs(inp)
-        return sum(w*F.cross_entropy(mt.logits(inp, i), _plain(mt.target(targs, i)), reduction=self.reduction)
-                   for i, w in enumerate(mt.weights) if w)
-    def activation(self, out):
-        "Each target's probabilities: a softmax over its own slice."
-        return torch.cat([F.softmax(_plain(o).float(), dim=-1) for o in self.mt.split(out)], dim=-1)
-    def decodes(self, out):
-        "Each target's predicted class index: a tuple, which fastai decodes with each target's vocabulary."
-        return tuple(o.argmax(dim=-1) for o in self.mt.split(out))
-    def __repr__(self): return f'MultiTargetLoss({self.mt!r}, weights={self.mt.weights})'
-
-# %% ../nbs/04_multitarget.ipynb #93f5f87e
 class MultiTarget:
-    "Where each categorical target's logits sit in one concatenated output, and the losses, error rates and decoding."
-    def __init__(self, vocabs,   # one list of classes per target, in the order of the DataBlock's targets
-                 names=None,     # one name per target (default: `target0`, `target1`, ...)
-                 weights=None,   # each target's weight in the combined loss (default: 1 each, the seed's sum)
-                ):
+    "Loss, metrics and decoding for categorical targets side by side in one output."
+    def __init__(self, vocabs, names=None, weights=None):
         self.vocabs = [list(map(str, v)) for v in vocabs]
         n = len(self.vocabs)
-        if n == 0: raise TargetCountError("No targets: pass one vocabulary (list of classes) per target.")
-        self.names = [f'target{i}' for i in range(n)] if names is None else [str(o) for o in names]
-        if len(self.names) != n: raise TargetCountError(f"{len(self.names)} names for {n} targets: pass one name per target.")
-        if len(set(self.names)) != n: raise MultiTargetError(f"Target names must differ: {self.names}.")
-        empty = [nm for nm, v in zip(self.names, self.vocabs) if not v]
-        if empty: raise MultiTargetError(f"Target {', '.join(empty)} has no classes: each target needs at least one.")
+        self.names = [f'target{i}' for i in range(n)] if names is None else list(names)
         self.weights = [1.]*n if weights is None else [float(w) for w in weights]
-        if len(self.weights) != n:
-            raise TargetCountError(f"{len(self.weights)} weights for {n} targets ({', '.join(self.names)}): "
-                                   f"pass one weight per target.")
-        if any(w < 0 for w in self.weights) or not any(self.weights):
-            raise MultiTargetError(f"weights={self.weights}: each weight is >= 0, and at least one is > 0.")
+        if not len(self.names) == len(self.weights) == n:
+            raise PaddyError(f"{n} targets, {len(self.names)} names, {len(self.weights)} weights: give one of each per target.")
         self.sizes = [len(v) for v in self.vocabs]
-        ends = torch.tensor(self.sizes).cumsum(0).tolist()
-        self.slices = {nm: slice(e-s, e) for nm, s, e in zip(self.names, self.sizes, ends)}
-        self.n_out = ends[-1]
-        self.loss = MultiTargetLoss(self)
-        self.losses = [_TargetFn(self, i, 'loss') for i in range(n)]
-        self.errs = [_TargetFn(self, i, 'err') for i in range(n)]
+        self.slices = [slice(e-s, e) for s, e in zip(self.sizes, itertools.accumulate(self.sizes))]
+        self.n_out, self.reduction = sum(self.sizes), 'mean'
+        self.losses, self.errs = ([_TargetFn(self, i, k) for i in range(n)] for k in ('loss', 'err'))
+        self.metrics = self.errs + self.losses  # the course's `all_metrics`
 
-    @property
-    def metrics(self):
-        "The seed's `all_metrics`: each target's error rate, then each target's loss."
-        return self.errs + self.losses
-
-    def index(self, t:int|str)->int:
-        "Position of target `t` (a name or an index)."
-        if isinstance(t, str):
-            if t not in self.names: raise MultiTargetError(f"No target {t!r}: the targets are {', '.join(self.names)}.")
-            return self.names.index(t)
-        return range(len(self.names))[t]
-
-    def check_outputs(self, out, t=None):
-        "Raise `HeadSizeError` unless `out` has the targets' `n_out` columns (with `t`: at least up to target `t`'s)."
-        have = out.shape[-1]
-        need = self.n_out if t is None else self.slices[self.names[self.index(t)]].stop
-        if have < need or (t is None and have != need):
-            parts = ' + '.join(f'{nm} ({s})' for nm, s in zip(self.names, self.sizes))
-            raise HeadSizeError(f"The model has {have} outputs but the targets need {self.n_out}: {parts}. "
-                                f"Build it with `n_out={self.n_out}` (`multitarget_learner` does).")
-
-    def logits(self, out, t:int|str):
-        "Target `t`'s columns of the model's output `out`."
-        self.check_outputs(out, t)
-        return out[:, self.slices[self.names[self.index(t)]]]
+    @classmethod
+    def from_dls(cls, dls, names=None, weights=None):
+        "The targets of `dls` (a `CategoryBlock` each), named `dls.target_names` by default."
+        cats = [first(f for f in tl.tfms if type(f) is Categorize) for tl in dls.train_ds.tls[dls.n_inp:]]
+        if None in cats: raise PaddyError("Each target needs a `CategoryBlock`: these models predict one category per target.")
+        return cls([c.vocab for c in cats], ifnone(names, getattr(dls, 'target_names', None)), weights)
 
     def split(self, out):
-        "The model's output cut into one tensor per target."
-        self.check_outputs(out)
-        return [out[:, s] for s in self.slices.values()]
+        "The model's output, cut into one tensor per target."
+        if out.shape[-1] != self.n_out:
+            raise PaddyError(f"The model has {out.shape[-1]} outputs but the targets need {self.n_out}: use n_out={self.n_out}.")
+        out = out.as_subclass(torch.Tensor)  # a TensorImage (the model's output on a batch) won't mix with a TensorCategory
+        return [out[:, s] for s in self.slices]
 
-    def target(self, targs, t:int|str):
-        "Target `t` of a batch's targets `targs`, checking the batch has one per target."
-        if len(targs) != len(self.names):
-            raise TargetCountError(f"The batch has {len(targs)} target(s) but the model predicts {len(self.names)} "
-                                   f"({', '.join(self.names)}): build the DataLoaders and the MultiTarget from the same targets.")
-        return targs[self.index(t)]
+    def __call__(self, out, *targs):
+        "The weighted sum of the targets' cross-entropies."
+        return sum(w*F.cross_entropy(o, t, reduction=self.reduction)
+                   for o, t, w in zip(self.split(out), targs, self.weights, strict=True) if w)
+
+    def activation(self, out):
+        "A softmax per target."
+        return torch.cat([F.softmax(o.float(), dim=-1) for o in self.split(out)], dim=-1)
+
+    def decodes(self, out):
+        "Each target's class index."
+        return tuple(o.argmax(dim=-1) for o in self.split(out))
 
     def __repr__(self): return 'MultiTarget(' + ', '.join(f'{n}: {s}' for n, s in zip(self.names, self.sizes)) + ')'
 
-# %% ../nbs/04_multitarget.ipynb #ea1ad2f4
-def _target_vocabs(dls):
-    "The vocabulary of each target of `dls`, checking each target is a single category."
-    try: tls, n_inp = dls.train_ds.tls, dls.n_inp
-    except AttributeError:
-        raise MultiTargetError("These DataLoaders have no `train_ds.tls`: build them from a DataBlock (or `multitarget_dls`).") from None
-    vocabs = []
-    for i, tl in enumerate(tls[n_inp:]):
-        cat = [f for f in tl.tfms if isinstance(f, Categorize) and not isinstance(f, MultiCategorize)]
-        if not cat:
-            raise MultiTargetError(f"Target {i} of the DataLoaders is not a single category (it has no `Categorize`): "
-                                   f"a multi-target model here predicts categories, so give each target a `CategoryBlock`.")
-        vocabs.append(list(cat[0].vocab))
-    if not vocabs: raise TargetCountError(f"The DataLoaders have no targets (n_inp={n_inp} of {len(tls)} blocks).")
-    return vocabs
-
-@patch(cls_method=True)
-def from_dls(cls:MultiTarget, dls,  # DataLoaders with one `CategoryBlock` per target after the inputs
-             names=None,            # one name per target (default: `dls.target_names`, set by `multitarget_dls`)
-             weights=None,          # each target's weight in the combined loss (default: 1 each)
-            )->MultiTarget:
-    "The targets of `dls`: their number and sizes read off its vocabularies."
-    if names is None: names = getattr(dls, 'target_names', None)
-    return cls(_target_vocabs(dls), names=names, weights=weights)
-
-# %% ../nbs/04_multitarget.ipynb #3d94204e
-PADDY_TARGETS = MultiTarget([LABELS, VARIETIES], names=['disease', 'variety'])  # the competition's two targets
-
-def disease_loss(inp,     # the model's output: at least `len(LABELS)` columns, the disease's first
-                 disease, # the batch's disease indices
-                 variety, # the batch's variety indices (unused)
-                ):
-    "Cross-entropy of the disease columns."
-    return PADDY_TARGETS.losses[0](inp, disease, variety)
-
-def variety_loss(inp,     # the model's output: the disease's columns, then `len(VARIETIES)` variety columns
-                 disease, # the batch's disease indices (unused)
-                 variety, # the batch's variety indices
-                ):
-    "Cross-entropy of the variety columns."
-    return PADDY_TARGETS.losses[1](inp, disease, variety)
-
-def combine_loss(inp,     # the model's output: the disease's columns, then the variety's
-                 disease, # the batch's disease indices
-                 variety, # the batch's variety indices
-                ):
-    "The seed's loss: disease cross-entropy plus variety cross-entropy."
-    return disease_loss(inp, disease, variety) + variety_loss(inp, disease, variety)
-
-def disease_err(inp,     # the model's output: at least `len(LABELS)` columns, the disease's first
-                disease, # the batch's disease indices
-                variety, # the batch's variety indices (unused)
-               ):
-    "Error rate of the disease columns."
-    return PADDY_TARGETS.errs[0](inp, disease, variety)
-
-def variety_err(inp,     # the model's output: the disease's columns, then the variety's
-                disease, # the batch's disease indices (unused)
-                variety, # the batch's variety indices
-               ):
-    "Error rate of the variety columns."
-    return PADDY_TARGETS.errs[1](inp, disease, variety)
-
-# %% ../nbs/04_multitarget.ipynb #f598817d
+# %% ../nbs/04_multitarget.ipynb #55ae8d00
 _PADDY_VOCABS = {parent_label: LABELS, get_variety: VARIETIES}
 
-def multitarget_dls(path:str|Path,                        # dataset root (holds train_images/)
-                    size:int|tuple=224,                   # training size after the batch transforms
-                    item=None,                            # item transform (default: `Resize(480, method='squish')`)
-                    bs:int=64,                            # batch size
-                    valid_pct:float=0.2,                  # share of the images held out for validation
-                    seed:int|None=None,                   # seed of the random split (None: a new split each call)
-                    trn_path:str|Path|None=None,          # train on this folder instead of train_images/
-                    splitter=None,                        # a fastai splitter overriding `valid_pct`/`seed`
-                    min_scale:float=0.75,                 # `aug_transforms`' smallest crop
+@delegates(paddy_dls, but=['get_y', 'y_blocks'])
+def multitarget_dls(path:str|Path,                          # dataset root (holds train_images/)
+                    size:int|tuple=224,                     # training size after the batch transforms
                     get_y:list=(parent_label, get_variety), # one function per target: image path -> class
-                    names:list=('disease', 'variety'),    # one name per target
-                    vocabs:list|None=None,                # one list of classes per target (None: Paddy's, else from the data)
-                    blocks:list|None=None,                # one block per target (default: a `CategoryBlock` each)
-                    **kwargs,                             # passed to `DataBlock.dataloaders` (num_workers, device, ...)
-                   ):
-    "The seed's multi-target DataBlock for the Paddy layout: an image in, one category per getter in `get_y` out."
-    get_y, names = list(L(get_y)), list(L(names))
-    if not get_y: raise TargetCountError("`get_y` is empty: pass one function per target (e.g. [parent_label, get_variety]).")
-    n = len(get_y)
-    if len(names) != n:
-        raise TargetCountError(f"{len(names)} names for {n} getters in `get_y`: pass one name per target (`names=[...]`).")
+                    names:list=('disease', 'variety'),      # one name per target
+                    vocabs:list|None=None,                  # one list of classes per target (None: Paddy's, else the data's)
+                    blocks:list|None=None,                  # one block per target (default: a `CategoryBlock` each)
+                    **kwargs):
+    "The course's multi-target DataBlock: `paddy_dls` with a `CategoryBlock` per getter."
+    get_y = list(L(get_y))
     if vocabs is None: vocabs = [_PADDY_VOCABS.get(f) for f in get_y]
-    if len(vocabs) != n: raise TargetCountError(f"{len(vocabs)} vocabularies for {n} getters in `get_y`: pass one per target (None: from the data).")
-    if blocks is None: blocks = [CategoryBlock(vocab=v) for v in vocabs]
-    blocks = list(L(blocks))
-    if len(blocks) != n:
-        raise TargetCountError(f"{len(blocks)} target blocks for {n} getters in `get_y`: each target needs one block "
-                               f"and one getter (the image is the input block, added here).")
-    dls = paddy_dls(path, size, item=item, bs=bs, valid_pct=valid_pct, seed=seed, trn_path=trn_path, splitter=splitter,
-                    min_scale=min_scale, get_y=get_y, y_blocks=blocks, **kwargs)  # the one Paddy DataBlock, with these targets
-    dls.target_names = names
+    dls = paddy_dls(path, size, get_y=get_y, y_blocks=blocks or [CategoryBlock(vocab=v) for v in vocabs], **kwargs)
+    dls.target_names = list(L(names))
     return dls
 
-# %% ../nbs/04_multitarget.ipynb #148834c7
-def multitarget_learner(dls,               # DataLoaders with one `CategoryBlock` per target (e.g. `multitarget_dls`)
-                        arch,              # a timm model name (the seed's names are mapped by `timm_arch`) or a model function
-                        weights=None,      # each target's weight in the combined loss (default: 1 each)
-                        names=None,        # one name per target (default: `dls.target_names`, else target0, ...)
-                        n_out:int|None=None, # outputs of the head (default and only valid value: the targets' classes together)
-                        metrics=None,      # metrics (default: each target's error rate and loss)
-                        pretrained:bool|None=None, # pretrained weights (None: False on demo data, True on any other)
-                        precision:str='auto', # 'auto' (bf16/fp16 on CUDA, fp32 on a CPU), 'fp16', 'bf16' or 'fp32'
-                        **kwargs,          # passed to `vision_learner` (cbs, lr, ...)
-                       )->Learner:
-    "A `vision_learner` predicting every target of `dls`: `n_out`, loss and metrics from the targets' vocabularies."
-    mt = MultiTarget.from_dls(dls, names=names, weights=weights)
-    if n_out is not None and n_out != mt.n_out:
-        parts = ' + '.join(f'{nm} ({s})' for nm, s in zip(mt.names, mt.sizes))
-        raise HeadSizeError(f"n_out={n_out}, but the targets need {mt.n_out} outputs: {parts}. Leave `n_out` out, "
-                            f"or give a target weight 0 to leave it out of the loss.")
-    prec = precision_for(dls.device, precision)
-    ds = dls_dataset(dls)
-    if pretrained is None: pretrained = ds is None or default_pretrained(ds)
-    if isinstance(arch, str): arch = timm_arch(arch)
-    learn = vision_learner(dls, arch, n_out=mt.n_out, loss_func=mt.loss, pretrained=pretrained,
-                           metrics=mt.metrics if metrics is None else metrics, **kwargs)
-    if prec == 'fp16': learn.to_fp16()
-    elif prec == 'bf16': learn.to_bf16()
-    learn.multitarget = mt
-    return learn
+# %% ../nbs/04_multitarget.ipynb #a133a288
+@delegates(vision_learner, but=['n_out', 'loss_func'])
+def multitarget_learner(dls,                       # DataLoaders with a `CategoryBlock` per target (`multitarget_dls`)
+                        arch,                      # a timm name (the course's are mapped by `timm_arch`) or a model function
+                        weights=None,              # each target's weight in the loss (default: 1 each, the course's sum)
+                        names=None,                # one name per target (default: `dls.target_names`, else target0, ...)
+                        metrics=None,              # default: each target's error rate, then its loss
+                        pretrained:bool|None=None, # None: False on demo data, True on any other
+                        precision:str='auto',      # 'auto' (bf16/fp16 on CUDA, fp32 on a CPU), 'fp16', 'bf16' or 'fp32'
+                        **kwargs)->Learner:
+    "A `vision_learner` for every target of `dls`: head size, loss and metrics from their vocabularies."
+    mt, prec = MultiTarget.from_dls(dls, names=names, weights=weights), precision_for(dls.device, precision)
+    if pretrained is None: pretrained = (ds := dls_dataset(dls)) is None or default_pretrained(ds)
+    learn = vision_learner(dls, timm_arch(arch) if isinstance(arch, str) else arch, n_out=mt.n_out, loss_func=mt,
+                           metrics=ifnone(metrics, mt.metrics), pretrained=pretrained, **kwargs)
+    return learn.to_fp16() if prec == 'fp16' else learn.to_bf16() if prec == 'bf16' else learn
 
-# %% ../nbs/04_multitarget.ipynb #9faf94dc
+# %% ../nbs/04_multitarget.ipynb #539a9adf
 def _targets_of(learn, names=None):
-    "The `MultiTarget` of `learn`: the one its loss carries, else one built from its DataLoaders."
-    mt = getattr(learn.loss_func, 'mt', None)
-    return mt if isinstance(mt, MultiTarget) else MultiTarget.from_dls(learn.dls, names=names)
+    return learn.loss_func if isinstance(learn.loss_func, MultiTarget) else MultiTarget.from_dls(learn.dls, names=names)
 
-def predict_targets(learn:Learner,    # a multi-target learner (`multitarget_learner`, or the seed's)
-                    items,            # an image (path) or a list of them
-                    tta:bool=False,   # average the predictions over `n` augmented copies (fastai's `tta`)
-                    n:int=4,          # augmented copies for TTA
-                    with_probs:bool=False, # also return each target's probabilities (one tensor per target)
-                    names=None,       # target names, for a learner whose loss doesn't carry a `MultiTarget` (the seed's)
-                   )->pd.DataFrame:   # one row per item: image_id, then each target's label and probability
-    "Each target's predicted label and probability for `items`, as a table (fastai's `predict` decodes one item)."
-    items = [items] if isinstance(items, (str, Path)) or not hasattr(items, '__len__') else list(items)
-    if not items: raise PaddyError("No items to predict: pass an image path or a list of them.")
-    mt = _targets_of(learn, names)
-    dl = learn.dls.test_dl(items, num_workers=0)
-    old = learn.loss_func
-    learn.loss_func = mt.loss  # its `activation` is the per-target softmax, whatever loss the learner trained with
+def predict_targets(learn:Learner,         # a multi-target learner (`multitarget_learner`'s, or the course's)
+                    items,                 # an image (path) or a list of them
+                    tta:bool=False,        # average over `n` augmented copies (fastai's `tta`)
+                    n:int=4,               # augmented copies for TTA
+                    with_probs:bool=False, # also return each target's probabilities
+                    names=None,            # target names, for a learner whose loss isn't a `MultiTarget`
+                   )->pd.DataFrame:        # image_id, then each target's label and probability
+    "Each target's predicted label and probability for `items`, one row per image."
+    items = [items] if isinstance(items, (str, Path)) else list(items)
+    if not items: raise PaddyError("No images to predict: pass an image path or a list of them.")
+    mt, old, dl = _targets_of(learn, names), learn.loss_func, learn.dls.test_dl(items, num_workers=0)
+    learn.loss_func = mt  # its `activation` is a softmax per target, whatever loss the learner trained with
     try:
-        with learn.no_bar(), learn.no_logging():
-            probs = learn.tta(dl=dl, n=n)[0] if tta else learn.get_preds(dl=dl)[0]
+        with learn.no_bar(), learn.no_logging(): probs = (learn.tta(dl=dl, n=n) if tta else learn.get_preds(dl=dl))[0]
     finally: learn.loss_func = old
     probs = mt.split(probs)
     df = pd.DataFrame({'image_id': [Path(o).name if isinstance(o, (str, Path)) else i for i, o in enumerate(items)]})
     for nm, vocab, p in zip(mt.names, mt.vocabs, probs):
         conf, idx = p.max(dim=1)
-        df[nm] = [vocab[i] for i in idx.tolist()]
-        df[f'{nm}_prob'] = conf.numpy()
+        df[nm], df[f'{nm}_prob'] = [vocab[i] for i in idx.tolist()], conf.numpy()
     return (df, probs) if with_probs else df
 
-# %% ../nbs/04_multitarget.ipynb #07365538
-def multitarget_submission(learn:Learner,       # a multi-target learner whose target `target` is the disease
-                           path:str|Path,       # the dataset root (its test_images/ and sample_submission.csv)
-                           target:str='disease', # the target whose labels are submitted
-                           tta:bool=True,       # predict with test-time augmentation
+# %% ../nbs/04_multitarget.ipynb #f9443a86
+def multitarget_submission(learn:Learner,            # a multi-target learner
+                           path:str|Path,            # the dataset root (test_images/, sample_submission.csv)
+                           target:str='disease',     # the target whose labels are submitted
+                           tta:bool=True,            # predict with test-time augmentation
                            fname:str|Path|None=None, # also write the CSV here
-                          )->pd.DataFrame:      # the checked submission, in sample_submission's order
-    "The competition's submission (`image_id,label`) from one target of a multi-target model, checked."
-    mt = _targets_of(learn)
-    mt.index(target)
+                          )->pd.DataFrame:           # the checked submission, in sample_submission's order
+    "The competition's submission from one target of a multi-target model, checked."
+    names = _targets_of(learn).names
+    if target not in names: raise PaddyError(f"No target {target!r}: the targets are {', '.join(names)}.")
     preds = predict_targets(learn, get_test_files(path), tta=tta)
     sub = check_submission(preds[['image_id', target]].rename(columns={target: 'label'}), path)
     if fname is not None: sub.to_csv(fname, index=False)
