@@ -11,12 +11,18 @@ import torch
 from fastai.callback.core import Callback, CancelBatchException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.torch_core import find_bs
-from .data import PaddyError
+from fastcore.basics import patch
+from torch.nn.parallel import DistributedDataParallel
+import torch.distributed as dist
+import fastai.distributed
+from .core import PaddyError
 
 # %% auto #0
 __all__ = ['GradAccum', 'StepSchedule']
 
 # %% ../nbs/01_accumulation.ipynb #78d8dce2
+def _world(model)->int: return dist.get_world_size() if isinstance(model, DistributedDataParallel) else 1
+
 class GradAccum(Callback):
     "Step once per `eff_bs` items, on their exact mean gradient."
     order,run_valid = MixedPrecision.order-4,False  # before `MixedPrecision` unscales (and may skip) the step
@@ -28,8 +34,12 @@ class GradAccum(Callback):
     def before_train(self):  # fix 3: no gradient left from an earlier epoch or fit
         self.count = 0
         self.model.zero_grad(set_to_none=True)
+    def before_batch(self):  # under DDP: items of every rank; all-reduce only on the micro-batch that steps
+        world = _world(self.model)
+        self.bs = find_bs(self.yb)*world
+        if world > 1: self.model.require_backward_grad_sync = self.count+self.bs >= self.eff_bs or self.iter == self.n_iter-1
     def after_loss(self):
-        self.bs = bs = find_bs(self.yb)
+        bs = self.bs
         if self.count == 0: self.ref = max(self.eff_bs, bs); self._warn(bs)
         if bs != self.ref: self.learn.loss_grad = self.learn.loss_grad * (bs/self.ref)  # `learn.loss` stays the true loss
     def before_step(self):
@@ -47,6 +57,11 @@ class GradAccum(Callback):
 # %% ../nbs/01_accumulation.ipynb #d301892d
 def _batch_sizes(dl)->list|None:
     "Sizes of one epoch's batches of `dl`, if known without iterating it."
+    if isinstance(dl, fastai.distributed.DistributedDL):  # all ranks' batches together: each takes an equal share
+        n, w, bs = getattr(dl.dl, 'n', None), dl.world_size, dl.bs
+        if not n or not bs: return None
+        m = -(-n//w)
+        return [bs*w]*(m//bs) + ([m%bs*w] if m%bs and not dl.drop_last else [])
     if isinstance(getattr(dl, 'batch_sampler', None), (list, tuple)): return [len(b) for b in dl.batch_sampler]
     n,bs = getattr(dl, 'n', None), getattr(dl, 'bs', None)   # a fastai `DataLoader`
     if n is None or bs is None:                                # a PyTorch one, with `batch_size`
@@ -76,8 +91,16 @@ class StepSchedule(Callback):
         if self.count == 0:  # a group starts: the big batch's position for this step
             known = self.n_steps and self.step < self.n_steps
             self.pct = (self.epoch + self.step/self.n_steps)/self.n_epoch if known else self.pct_train
-        self.count += find_bs(self.yb)
+        self.count += find_bs(self.yb)*_world(self.model)
         if self.count >= self.eff_bs or self.iter == self.n_iter-1: self.count,self.step = 0,self.step+1
         self.true_pct,self.learn.pct_train,self.swapped = self.pct_train,self.pct,True
     def after_batch(self):
         if self.swapped: self.learn.pct_train,self.swapped = self.true_pct + (self.pct_train-self.pct),False
+
+# %% ../nbs/01_accumulation.ipynb #2c369ba4
+@patch
+def _broadcast(self:fastai.distributed.DistributedDL, t, rank):
+    "fastai's, on the process group's device (it assumed CUDA): works on gloo too."
+    t = torch.tensor(t, dtype=torch.long, device='cuda' if dist.get_backend() == 'nccl' else 'cpu')
+    dist.broadcast(t, rank)
+    return t.cpu().tolist()
