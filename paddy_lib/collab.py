@@ -17,7 +17,7 @@ from fastai.layers import Embedding, sigmoid_range
 from fastai.learner import Learner
 from fastai.data.external import URLs, untar_data, fastai_path
 from fastai.collab import CollabDataLoaders, EmbeddingDotBias, EmbeddingNN
-from .data import PaddyError
+from .core import PaddyError
 
 # %% auto #0
 __all__ = ['RATING_COLS', 'CollabError', 'Planted', 'synth_ratings', 'check_ratings', 'read_ml100k', 'ml100k_cache',

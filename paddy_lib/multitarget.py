@@ -11,7 +11,8 @@ from pathlib import Path
 import torch, torch.nn.functional as F, pandas as pd
 from fastcore.all import L, first, ifnone, delegates
 from fastai.vision.all import CategoryBlock, Categorize, parent_label, error_rate, vision_learner, Learner
-from .data import PaddyError, LABELS, VARIETIES, get_variety, default_pretrained, paddy_dls, dls_dataset
+from .core import PaddyError
+from .data import LABELS, VARIETIES, get_variety, default_pretrained, paddy_dls, dls_dataset
 from .data import get_test_files, check_submission
 from .training import timm_arch, precision_for
 

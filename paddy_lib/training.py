@@ -14,7 +14,8 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.learner import Learner
 from fastai.metrics import error_rate
 from fastai.vision.all import Resize, vision_learner
-from .data import PaddyError, paddy_data, paddy_dls, dls_dataset, get_test_files, default_pretrained
+from .core import PaddyError
+from .data import paddy_data, paddy_dls, dls_dataset, get_test_files, default_pretrained
 from .accumulation import GradAccum, StepSchedule
 
 # %% auto #0
