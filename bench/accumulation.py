@@ -19,16 +19,8 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.training import GradientAccumulation
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 from paddy_lib.accumulation import GradAccum
-
-def device_name(dev):
-    if dev.type == 'cuda': return torch.cuda.get_device_name(dev)
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or platform.machine()
+from paddy_lib.core import device_name
 
 def tiny_cnn(seed=1):
     "A small CNN without BatchNorm: 3x32x32 images -> 10 classes."
