@@ -10,17 +10,17 @@ file under bench/results/ comes from it until a session with a device runs bench
 
 Memory does not depend on the weights' values, so every model is timm's with random weights (`pretrained=False`) and
 the images are `make_demo_paddy` photos at the real 480x640, made on the machine in a temporary folder: nothing is
-downloaded. Memory runs train in fp16, as a Kaggle T4 or P100 (neither computes in bf16) and the seed (`to_fp16()`)
+downloaded. Memory runs train in fp16, as a Kaggle T4 or P100 (neither computes in bf16) and Road to the Top (`to_fp16()`)
 do; items/s are this card's, not a Kaggle GPU's. A budget is rehearsed on a larger card by `hold_to_budget`
 (`set_per_process_memory_fraction`, what `find_accum` does itself): paddy_lib.memory's named `GPU_BUDGETS`, a T4's
-15,110 MiB (15,843,721,216 bytes) and the seed's P100 16,280 MiB (--smoke adds 'tiny', 1 MiB, that nothing fits).
+15,110 MiB (15,843,721,216 bytes) and Road to the Top's P100 16,280 MiB (--smoke adds 'tiny', 1 MiB, that nothing fits).
 
 Sections (one CSV each, every row labelled with the device, torch/timm/fastai versions and the date):
-  seed_table  the seed's probe: convnext_small_in22k (today's convnext_small.fb_in22k) at 128 px, 64 items per step,
+  seed_table  Road to the Top's probe: convnext_small_in22k (today's convnext_small.fb_in22k) at 128 px, 64 items per step,
               accum 1, 2, 4 (and 8): peak MiB (CUDA context + the allocator's peak reserved, what nvidia-smi shows),
               the allocator's peak allocated, items/s; and the peak-vs-items line `find_accum` fits on two probes
               (limit=False, as the table is unheld), predicted against measured at each accum.
-  find_accum  the seed's eight members (`FULL_CONFIGS`) and its two probes (convnext_large at 224 and (320,240)) under
+  find_accum  Road to the Top's eight members (`FULL_CONFIGS`) and its two probes (convnext_large at 224 and (320,240)) under
               each budget: the pick, predicted vs measured peak, probes, seconds; the peaks at accum 2 and 1 (measured
               where a probe ran, else the line's), so whether "accum=2 for every case" holds. A member whose GPU batch
               is an earlier one's (only its item transform differs, and that runs on the CPU) is not searched again:
@@ -52,7 +52,7 @@ def refuse_without_cuda(torch):
 def slug(s): return re.sub(r'[^a-z0-9]+', '-', s.lower()).strip('-')
 
 def config(smoke):
-    "What the run measures: the seed's models at full size, or tiny timm models on small images (--smoke)."
+    "What the run measures: Road to the Top's models at full size, or tiny timm models on small images (--smoke)."
     from fastai.vision.all import Resize
     from paddy_lib.ensemble import Member, FULL_CONFIGS
     if not smoke:
@@ -83,7 +83,7 @@ class Bench:
         self.precision = 'fp16' if self.dev.type == 'cuda' else 'fp32'
         self.workers = a.workers if self.dev.type == 'cuda' else 0
         # paddy_lib.memory.GPU_BUDGETS (MiB) where this paddy_lib has it; before it, the same figures: a T4's
-        # 15,843,721,216 bytes as CUDA reports them (15,110 MiB), and the seed's P100 16,280 MiB
+        # 15,843,721,216 bytes as CUDA reports them (15,110 MiB), and Road to the Top's P100 16,280 MiB
         fallback = {'T4': 15_843_721_216/memory.MiB, 'P100': 16280.}
         named = {**fallback, **getattr(memory, 'GPU_BUDGETS', {})}
         self.budgets = {k: float(named[k]) for k in fallback}
@@ -133,9 +133,9 @@ def make_data(b, tmp):
                    f"(w x h) in a temporary folder, made in {time.time()-t:.0f} s")
     print(b.notes[-1], flush=True)
 
-# ------------------------------------------------------------------------------------------------------ the seed's table
+# ------------------------------------------------------------------------------------------------------ Road to the Top's table
 def seed_table(b):
-    "The seed's convnext_small probe at accum 1, 2, 4 (and 8), then the line find_accum fits, at each accum."
+    "Road to the Top's convnext_small probe at accum 1, 2, 4 (and 8), then the line find_accum fits, at each accum."
     from paddy_lib.training import timm_arch
     arch, size, item, accums = b.cfg['table']
     for a in accums:
@@ -379,7 +379,7 @@ def plot(b, dfs):
     fig, axs = plt.subplots(2, 2, figsize=(13, 8.5))
     t = dfs.get('seed_table')
     if t is not None and len(t):
-        ax = plot_peaks(t.assign(device=b.device), ax=axs[0, 0], title='the seed\'s probe: peak against accum')
+        ax = plot_peaks(t.assign(device=b.device), ax=axs[0, 0], title='Road to the Top\'s probe: peak against accum')
         if 'line_predicted_mib' in t: ax.plot(t.accum, t.line_predicted_mib, ls=':', color='gray', label='line of two probes')
         ax.scatter([1, 2], [5*1024, 4*1024], marker='*', s=120, color='k', zorder=3, label='seed: about 5, 4 GB')
         ax.legend(fontsize=7)
