@@ -97,6 +97,7 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
                    retrain:bool=False,     # train every member again, even those already saved in `out`
                    progress:bool=None,     # fastai's progress bars (default: on a terminal; else one line per epoch)
                    threads:int=None,       # PyTorch's CPU threads (default: PyTorch's choice)
+                   time_limit:float=None,  # hours the run may take: no member starts that can't finish by then (default: 12 on Kaggle)
                   ):
     "Train an ensemble of resumable, memory-fitted members; write a checked submission."
     t0 = time.perf_counter()
@@ -106,7 +107,8 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
     path = _chosen_dataset(path)
     if check: check_paddy(path)
     return _train(members, path, out, Path(submission), t0, threads, epochs=epochs, budget_mib=budget_mib,
-                  holdout_pct=holdout_pct, pretrained=pretrained, finetune=finetune, retrain=retrain, progress=progress)
+                  holdout_pct=holdout_pct, pretrained=pretrained, finetune=finetune, retrain=retrain, progress=progress,
+                  time_limit=time_limit)
 
 # %% ../nbs/08_cli.ipynb #1d82ff04
 COMMANDS = {  # command -> (module, function): imported only when the command runs

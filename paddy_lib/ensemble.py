@@ -17,7 +17,7 @@ from fastai.torch_core import set_seed
 from fastcore.basics import noop
 import fastprogress.fastprogress as _fp
 from fastai.vision.all import Resize
-from .core import PaddyError, is_oom, device_name
+from .core import PaddyError, is_oom, device_name, iskaggle
 from .data import paddy_data, default_pretrained, get_test_files, check_submission, read_paddy_csv
 from .training import paddy_learner, timm_arch, check_weights, fit_recipe, recipe_note
 from .memory import (peak_memory, free_learner, find_accum, hold_to_budget, default_budget, MemoryBudget, BudgetError)
@@ -361,7 +361,7 @@ class EnsembleRun:
     "A `run_ensemble`'s members, their results, and their ensemble."
     members:list                # the `Member`s, in order
     results:list                # each member's saved result (record, predictions), or None
-    status:list                 # 'trained', 'loaded' or 'failed', per member
+    status:list                 # 'trained', 'loaded', 'failed' or 'not started', per member
     out_dir:Path                # where the results live
     path:Path                   # the dataset
     reasons:dict=field(default_factory=dict) # member number (from 1) -> why it was left out, or isn't saved
@@ -496,6 +496,14 @@ def _saved_for_other_data(out, m, spec, data):
     return hits
 
 # %% ../nbs/06_ensemble.ipynb #529f03b9
+def _too_late(run, t0, limit_h)->str|None:
+    "Why a member can't start: the run's time limit, at the pace of the members it trained so far (None: it can)."
+    if limit_h is None: return None
+    mins = [r['record']['minutes'] for r, s in zip(run.results, run.status) if s == 'trained']
+    used, pace = (time.perf_counter()-t0)/60, sum(mins)/len(mins) if mins else 0.
+    if used + pace <= 60*limit_h: return None
+    return f"at {pace:.1f} min a member it would end after the time limit ({limit_h:g} h; {used:.1f} min used)"
+
 def _run_ctx(path, epochs, lr, eff_bs, holdout_pct, holdout_seed, pretrained, finetune, cbs, kwargs)->dict:
     "What every member's key holds besides its spec."
     ctx = dict(data=data_fingerprint(path), epochs=epochs, lr=lr, eff_bs=eff_bs, holdout=[holdout_pct, holdout_seed],
@@ -521,6 +529,7 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
                  progress:bool|None=None,      # fastai's bars (True), none (False); None: bars if live, else a line per epoch
                  cbs=None,                     # more callbacks for every learner (in the key unless `in_member_key = False`)
                  log=print,                    # where progress lines go
+                 time_limit:float|None=None,   # hours the run may take (None: Kaggle's 12 on Kaggle, else none)
                  **kwargs,                     # passed to `paddy_learner` (precision, loss_func, ...), and in the key
                 )->EnsembleRun:
     "Train or load each member, saving each as it finishes."
@@ -552,7 +561,11 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
               num_workers=num_workers, cbs=cbs, progress=progress, log=log, **kwargs)
     with _out_lock(out):
         _check_out(out, len(todo))
+        limit, t0 = (12. if iskaggle else None) if time_limit is None else time_limit, time.perf_counter()
         for i, (m, key, spec) in enumerate(zip(members, keys, specs), 1):
+            if m in todo and (late := _too_late(run, t0, limit)):
+                log(f"member {i} of {len(members)}: {m.name}: not started, {late}")
+                run.reasons[i] = f"not started: {late}"; run.results.append(None); run.status.append('not started'); continue
             _run_member(run, i, m, key, spec, ctx['data'], retrain, budget_mib, recipe, log, dict(kw, key=key))
         if run.left_out: log("left out of the ensemble: " + '; '.join(f"member {i} ({name}): {why}" for i, name, why in run.left_out))
         with contextlib.suppress(OSError): atomic_write(out/'records.csv', lambda f: run.table.to_csv(f, index=False))

@@ -238,3 +238,9 @@ def test_push_dry_run_writes_the_machine_shape(kaggle_empty_home, tmp_path):
     for extra, want in ((['--accelerator', 'NvidiaL4'], 'NvidiaL4'), (['--no-gpu'], None)):  # the same parser, in-process
         assert main(['push', '--dry-run', '--user', 'someone', '--dest', str(tmp_path/'other'), *extra, str(nb)]) == 0
         assert shape(tmp_path/'other') == want
+
+
+def test_ensemble_takes_a_time_limit(capsys):
+    with pytest.raises(SystemExit): main(['ensemble', '--help'])
+    out = capsys.readouterr().out
+    assert '--time-limit (float)' in out and "can't finish by then" in out

@@ -1,5 +1,5 @@
 "What a notebook can't show about `run_ensemble`: interruption and resume, out-of-memory retries, atomic files, stable keys."
-import json, os, subprocess, sys
+import json, os, subprocess, sys, time
 from pathlib import Path
 
 import pandas as pd, pytest, torch
@@ -375,3 +375,20 @@ def test_pretrained_default_follows_the_data_and_is_logged(data, tmp_path):
     logs = []
     run_ensemble([A], data, tmp_path/'p', log=logs.append, **FAST)
     assert 'pretrained=False (as given)' in logs[0]
+
+
+class _Slow(Callback):
+    "Make every fit take at least a second (not part of the member key)."
+    in_member_key = False
+    def before_fit(self): time.sleep(1)
+
+def test_time_limit_starts_no_member_that_cannot_finish(data, tmp_path):
+    "Half a second allowed, a member takes over one: the first trains, the second is not started, named, and resumable."
+    logs, out = [], tmp_path/'limit'
+    run = run_ensemble([A, B], data, out, cbs=_Slow(), time_limit=0.5/3600, log=logs.append, **FAST)
+    assert run.status == ['trained', 'not started']
+    assert [(i, why.split(':')[0]) for i, _, why in run.left_out] == [(2, 'not started')]
+    assert 'would end after the time limit' in run.reasons[2] and any('left out of the ensemble: member 2' in l for l in logs)
+    sub = run.write_submission(tmp_path/'sub.csv')  # from the member that finished
+    assert len(sub) == len(get_test_files(data))
+    assert run_ensemble([A, B], data, out, cbs=_Slow(), log=lambda l: None, **FAST).status == ['loaded', 'trained']
