@@ -106,7 +106,8 @@ class TimedGradAccum(GradAccum):
             finally: TimedGradAccum.spent += time.process_time()-c
         f.__name__ = name
         return f
-    before_fit, before_train, after_loss, before_step = map(_timed, ('before_fit', 'before_train', 'after_loss', 'before_step'))
+    before_fit, before_train, before_batch, after_loss, before_step = map(
+        _timed, ('before_fit', 'before_train', 'before_batch', 'after_loss', 'before_step'))
 
 def in_callback_share(dev, n, sizes, eff_bs, repeats):
     "Median share of the training epoch's CPU time spent inside GradAccum's handlers."

@@ -37,14 +37,15 @@ class GradAccum(Callback):
     def before_batch(self):  # under DDP: items of every rank; all-reduce only on the micro-batch that steps
         world = _world(self.model)
         self.bs = find_bs(self.yb)*world
-        if world > 1: self.model.require_backward_grad_sync = self.count+self.bs >= self.eff_bs or self.iter == self.n_iter-1
+        self.steps = self.count+self.bs >= self.eff_bs or self.iter == self.n_iter-1  # fix 2: the epoch's last batch steps
+        if world > 1: self.model.require_backward_grad_sync = self.steps
     def after_loss(self):
         bs = self.bs
         if self.count == 0: self.ref = max(self.eff_bs, bs); self._warn(bs)
         if bs != self.ref: self.learn.loss_grad = self.learn.loss_grad * (bs/self.ref)  # `learn.loss` stays the true loss
     def before_step(self):
         self.count += self.bs
-        if self.count < self.eff_bs and self.iter < self.n_iter-1: raise CancelBatchException()  # fix 2: flush the last
+        if not self.steps: raise CancelBatchException()
         if self.count != self.ref:                                                                  # fix 1: the mean
             torch._foreach_mul_([p.grad for p in self.model.parameters() if p.grad is not None], self.ref/self.count)
         self.sizes.append(self.count); self.count = 0
