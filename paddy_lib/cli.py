@@ -72,6 +72,7 @@ def paddy_demo(out:str='paddy_demo',  # folder for the members' results and subm
                progress:bool=None,    # fastai's progress bars (default: on a terminal; else one line per epoch)
                num_workers:int=None,  # DataLoader worker processes (default: 0 on a CPU, the fastest there)
                threads:int=1,         # PyTorch's CPU threads (1: fastest on a small shared CPU)
+               devices:str=None,      # one worker process per device, members side by side (cpu,cpu or cuda:0,cuda:1)
               ):
     "Train a small ensemble on the demo data on this machine and write submission.csv."
     t0 = time.perf_counter()
@@ -81,7 +82,8 @@ def paddy_demo(out:str='paddy_demo',  # folder for the members' results and subm
     print(f"dataset: {path} (demo{', from --data' if data else ''})")
     check_paddy(path)
     return _train(DEMO_CONFIGS, path, out, Path(out)/'submission.csv', t0, threads, epochs=DEMO_EPOCHS if epochs is None else epochs,
-                  budget_mib=budget_mib, retrain=retrain, progress=progress, pretrained=False, num_workers=num_workers)
+                  budget_mib=budget_mib, retrain=retrain, progress=progress, pretrained=False, num_workers=num_workers,
+                  devices=devices)
 
 @call_parse
 def paddy_ensemble(path:str=None,          # the dataset's root folder (default: the data `paddy_data()` picks)
@@ -98,6 +100,7 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
                    progress:bool=None,     # fastai's progress bars (default: on a terminal; else one line per epoch)
                    threads:int=None,       # PyTorch's CPU threads (default: PyTorch's choice)
                    time_limit:float=None,  # hours the run may take: no member starts that can't finish by then (default: 12 on Kaggle)
+                   devices:str=None,       # one worker process per device, members side by side (Kaggle's two T4s: cuda:0,cuda:1)
                   ):
     "Train an ensemble of resumable, memory-fitted members; write a checked submission."
     t0 = time.perf_counter()
@@ -108,7 +111,7 @@ def paddy_ensemble(path:str=None,          # the dataset's root folder (default:
     if check: check_paddy(path)
     return _train(members, path, out, Path(submission), t0, threads, epochs=epochs, budget_mib=budget_mib,
                   holdout_pct=holdout_pct, pretrained=pretrained, finetune=finetune, retrain=retrain, progress=progress,
-                  time_limit=time_limit)
+                  time_limit=time_limit, devices=devices)
 
 # %% ../nbs/08_cli.ipynb #1d82ff04
 COMMANDS = {  # command -> (module, function): imported only when the command runs

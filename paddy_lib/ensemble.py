@@ -6,7 +6,9 @@ Docs: https://paddy-lib.github.io/paddy_lib/ensemble.html.md"""
 
 # %% ../nbs/06_ensemble.ipynb #3f34ac2e
 from __future__ import annotations
-import os, sys, json, time, hashlib, tempfile, datetime, numbers, contextlib, enum, functools, types, traceback, socket
+import os, sys, io, re, json, time, pickle, queue, threading, hashlib, tempfile, datetime, numbers, contextlib, enum, functools, types, traceback, socket
+import multiprocessing as mp
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd, psutil, shutil, torch
@@ -502,7 +504,8 @@ def _too_late(run, t0, limit_h)->str|None:
     mins = [r['record']['minutes'] for r, s in zip(run.results, run.status) if s == 'trained']
     used, pace = (time.perf_counter()-t0)/60, sum(mins)/len(mins) if mins else 0.
     if used + pace <= 60*limit_h: return None
-    return f"at {pace:.1f} min a member it would end after the time limit ({limit_h:g} h; {used:.1f} min used)"
+    limit = f"{limit_h:g} h" if limit_h >= 0.1 else f"{limit_h*3600:.0f} s"
+    return f"at {pace:.1f} min a member it would end after the time limit ({limit}; {used:.1f} min used)"
 
 def _run_ctx(path, epochs, lr, eff_bs, holdout_pct, holdout_seed, pretrained, finetune, cbs, kwargs)->dict:
     "What every member's key holds besides its spec."
@@ -511,6 +514,15 @@ def _run_ctx(path, epochs, lr, eff_bs, holdout_pct, holdout_seed, pretrained, fi
     keyed_cbs = [stable_repr(cb, f'run_ensemble(cbs=[{type(cb).__name__}])') for cb in L(cbs) if getattr(type(cb), 'in_member_key', True)]
     if keyed_cbs: ctx['cbs'] = keyed_cbs  # (none: the key is what it was before callbacks counted)
     return ctx
+
+def _weights(pretrained, finetune, path)->tuple:
+    "pretrained, finetune, and the words that say why."
+    why = 'as given'
+    if pretrained is None:
+        pretrained = default_pretrained(path)
+        why = f"default_pretrained: {'not the demo data' if pretrained else 'the demo data'}"
+    recipe = recipe_note(pretrained) if finetune is None else ('fine_tune' if finetune else 'fit_one_cycle') + ' (as given)'
+    return pretrained, pretrained if finetune is None else finetune, why, recipe
 
 def run_ensemble(configs:list,                 # the members: `Member`s, dicts or tuples (e.g. `FULL_CONFIGS`, `DEMO_CONFIGS`)
                  path:str|Path|None=None,      # dataset root (default: `paddy_data()`)
@@ -530,45 +542,39 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
                  cbs=None,                     # more callbacks for every learner (in the key unless `in_member_key = False`)
                  log=print,                    # where progress lines go
                  time_limit:float|None=None,   # hours the run may take (None: Kaggle's 12 on Kaggle, else none)
+                 devices:list|str|None=None,   # one worker process per device ('cuda:0,cuda:1', 'cpu,cpu'); None: this process
                  **kwargs,                     # passed to `paddy_learner` (precision, loss_func, ...), and in the key
                 )->EnsembleRun:
     "Train or load each member, saving each as it finishes."
-    members = [as_member(c) for c in configs]
+    members, devices = [as_member(c) for c in configs], _devices(devices)
     if not members: raise PaddyError("run_ensemble: no members given.")
     for m in members: timm_arch(m.arch, verbose=False)  # unknown archs fail now, not after hours of training
     _check_args(members, epochs, budget_mib)
-    path, out = Path(path) if path is not None else paddy_data(), Path(out_dir)
-    if budget_mib is None and torch.cuda.is_available(): budget_mib = default_budget()
-    why = 'as given'
-    if pretrained is None:
-        pretrained = default_pretrained(path)
-        why = f"default_pretrained: {'not the demo data' if pretrained else 'the demo data'}"
-    recipe = recipe_note(pretrained) if finetune is None else ('fine_tune' if finetune else 'fit_one_cycle') + ' (as given)'
-    finetune = pretrained if finetune is None else finetune
-    if num_workers is None and not torch.cuda.is_available(): num_workers = 0  # measured faster: bench/demo.py
+    path, out, n = Path(path) if path is not None else paddy_data(), Path(out_dir), len(members)
+    cuda = devices[0] != 'cpu' if devices else torch.cuda.is_available()
+    if budget_mib is None and cuda: budget_mib = default_budget(devices[0] if devices else None)
+    pretrained, finetune, why, recipe = _weights(pretrained, finetune, path)
+    if num_workers is None and not cuda: num_workers = 0  # measured faster: bench/demo.py
     hold = holdout_ids(path, holdout_pct, holdout_seed)
     ctx = _run_ctx(path, epochs, lr, eff_bs, holdout_pct, holdout_seed, pretrained, finetune, cbs, kwargs)
     keys = [member_key(m, **ctx) for m in members]
     specs = [member_key(m, **{**ctx, 'data': None}) for m in members]  # the same without the data: to say why one retrains
-    todo = [m for m, k in zip(members, keys) if retrain or not member_file(out, m, k).exists()]
-    run = EnsembleRun(members, [], [], out, path)
-    log(f"{len(members)} member(s) on {path}: pretrained={pretrained} ({why})"
-        + (f", budget {budget_mib:,.0f} MiB" if budget_mib else ", no memory budget"))
+    fns = [member_file(out, m, k) for m, k in zip(members, keys)]
+    run = EnsembleRun(members, [None]*n, ['pending']*n, out, path)
+    log(f"{n} member(s) on {path}: pretrained={pretrained} ({why})" + (f", budget {budget_mib:,.0f} MiB" if budget_mib else
+        ", no memory budget") + (f"; {len(devices)} worker process(es): {', '.join(devices)}" if devices else ''))
     if pretrained:  # weights that can't be had (offline, not cached) stop the run now, not when a member starts
-        for arch in dict.fromkeys(m.arch for m in todo): check_weights(arch)
+        for arch in dict.fromkeys(m.arch for m, f in zip(members, fns) if retrain or not f.exists()): check_weights(arch)
     kw = dict(path=path, hold=hold, hold_files=_holdout_files(path, hold), tst_files=get_test_files(path), epochs=epochs, lr=lr,
               eff_bs=eff_bs, max_accum=max_accum or max(1, eff_bs//2), pretrained=pretrained, finetune=finetune,
-              num_workers=num_workers, cbs=cbs, progress=progress, log=log, **kwargs)
+              num_workers=num_workers, cbs=cbs, progress=progress, **kwargs)
+    task = lambda i: (members[i-1], fns[i-1], specs[i-1], ctx['data'], budget_mib, recipe, dict(kw, key=keys[i-1]))
     with _out_lock(out):
-        _check_out(out, len(todo))
-        limit, t0 = (12. if iskaggle else None) if time_limit is None else time_limit, time.perf_counter()
-        for i, (m, key, spec) in enumerate(zip(members, keys, specs), 1):
-            if m in todo and (late := _too_late(run, t0, limit)):
-                log(f"member {i} of {len(members)}: {m.name}: not started, {late}")
-                run.reasons[i] = f"not started: {late}"; run.results.append(None); run.status.append('not started'); continue
-            _run_member(run, i, m, key, spec, ctx['data'], retrain, budget_mib, recipe, log, dict(kw, key=key))
+        _check_out(out, sum(retrain or not f.exists() for f in fns))
+        todo = [i for i in range(1, n+1) if not _load_saved(run, i, fns[i-1], specs[i-1], ctx['data'], retrain, log)]
+        limit = (12. if iskaggle else None) if time_limit is None else time_limit
+        (_train_apart if devices else _train_here)(run, todo, task, limit, log, devices)
         if run.left_out: log("left out of the ensemble: " + '; '.join(f"member {i} ({name}): {why}" for i, name, why in run.left_out))
-        with contextlib.suppress(OSError): atomic_write(out/'records.csv', lambda f: run.table.to_csv(f, index=False))
     return run
 
 def _member_accum(m, budget_mib, kw, log)->int:
@@ -579,40 +585,192 @@ def _member_accum(m, budget_mib, kw, log)->int:
     log(f"  accum={int(accum)}" + (f" (find_accum, budget {budget_mib:,.0f} MiB)" if budget_mib else " (no budget on a CPU)"))
     return int(accum)
 
-def _run_member(run, i, m, key, spec, data, retrain, budget_mib, recipe, log, kw):
-    "Load member `i` if saved, else train and save it; add it to `run`."
-    out, n, fn = run.out_dir, len(run.members), member_file(run.out_dir, m, key)
-    log(f"member {i} of {n}: {m.name}, weight {m.weight:g}")
-    if fn.exists() and not retrain:
-        try: res = load_member(fn)
-        except Exception as e: log(f"  can't read {fn} ({type(e).__name__}: {e}): training it again")
-        else:
-            _check_same(res, run.done[0][1] if run.done else res, m.name)
-            log(f"  already done: loaded {fn} (hold-out error {res['record']['holdout_error']:.3f})")
-            run.results.append(res); run.status.append('loaded'); return
-    elif other := _saved_for_other_data(out, m, spec, data):
-        log(f"  saved before from other data ({', '.join(other)}): the images or CSVs have changed since, so it trains again")
-    res = None
+def _load_saved(run, i, fn, spec, data, retrain, log)->bool:
+    "Load member `i` into `run` if it is saved (True), else say why it trains (False)."
+    m = run.members[i-1]
+    if retrain: return False
+    if not fn.exists():
+        if other := _saved_for_other_data(run.out_dir, m, spec, data):
+            log(f"member {i} of {len(run.members)}: {m.name}: saved before from other data ({', '.join(other)}): the images "
+                "or CSVs have changed since, so it trains again")
+        return False
+    try: res = load_member(fn)
+    except Exception as e:
+        log(f"member {i} of {len(run.members)}: {m.name}: can't read {fn} ({type(e).__name__}: {e}): training it again")
+        return False
+    log(f"member {i} of {len(run.members)}: {m.name}, weight {m.weight:g}: already done: loaded {fn} "
+        f"(hold-out error {res['record']['holdout_error']:.3f})")
+    _add(run, i, res, 'loaded')
+    return True
+
+def _make_member(m, fn, spec, data, budget_mib, recipe, kw, log)->tuple:
+    "Train member `m` and save it to `fn`: (result or None, why it is left out or not saved there, or None)."
     try:
         accum = _member_accum(m, budget_mib, kw, log)
         log(f"  recipe: {recipe}")
         with hold_to_budget(budget_mib) if budget_mib else contextlib.nullcontext():  # CUDA: the allocator's limit
-            res = _train_member(m, accum, budget_mib=budget_mib, **kw)
+            res = _train_member(m, accum, budget_mib=budget_mib, log=log, **kw)
     except BudgetError as e:
-        log(f"  doesn't fit: {e}"); run.reasons[i] = f"doesn't fit: {e}"
-    except KeyboardInterrupt:
-        log(f"\ninterrupted during member {i} of {n}: {len(run.done)} finished member(s) are saved in {out/'members'}; "
-            "run the same command again to go on from here.")
-        raise
-    if res is None:
-        run.reasons.setdefault(i, f"out of memory even at the largest accum (max_accum={kw['max_accum']})")
-        run.results.append(None); run.status.append('failed'); return
-    _check_same(res, run.done[0][1] if run.done else res, m.name)
+        log(f"  doesn't fit: {e}"); return None, f"doesn't fit: {e}"
+    if res is None: return None, f"out of memory even at the largest accum (max_accum={kw['max_accum']})"
     res['record'].update(spec=spec, data=data)  # to tell, later, a result made from other data
-    where = _save(res, fn, log)
-    if where != str(fn): run.reasons[i] = f"trained, but not saved in {fn.parent}" + (f" (saved to {where})" if where else '')
-    r = res['record']
+    where, r = _save(res, fn, log), res['record']
     log(f"  done in {r['minutes']:.1f} min: valid error {r['valid_error']:.3f}, hold-out error {r['holdout_error']:.3f}, "
         f"peak {r['peak_mib']:,.0f} MiB, accum {r['accum']} -> saved {where or 'nowhere (kept in memory)'}")
-    run.results.append(res); run.status.append('trained')
-    with contextlib.suppress(OSError): atomic_write(out/'records.csv', lambda f: run.table.to_csv(f, index=False))
+    return res, None if where == str(fn) else f"trained, but not saved in {fn.parent}" + (f" (saved to {where})" if where else '')
+
+def _add(run, i, res, status, reason=None):
+    "Put member `i`'s result in `run`, and the run's table in records.csv."
+    if res is not None: _check_same(res, run.done[0][1] if run.done else res, run.members[i-1].name)
+    run.results[i-1], run.status[i-1] = res, status
+    if reason: run.reasons[i] = reason
+    with contextlib.suppress(OSError): atomic_write(run.out_dir/'records.csv', lambda f: run.table.to_csv(f, index=False))
+
+def _start_line(run, i, late)->str:
+    m = run.members[i-1]
+    return f"member {i} of {len(run.members)}: {m.name}" + (f": not started, {late}" if late else f", weight {m.weight:g}")
+
+def _train_here(run, todo, task, limit, log, devices=None):
+    "Train the members `todo` one after the other, in this process."
+    t0 = time.perf_counter()
+    for i in todo:
+        late = _too_late(run, t0, limit)
+        log(_start_line(run, i, late))
+        if late: _add(run, i, None, 'not started', f"not started: {late}"); continue
+        try: res, why = _make_member(*task(i), log=log)
+        except KeyboardInterrupt:
+            log(f"\ninterrupted during member {i} of {len(run.members)}: {len(run.done)} finished member(s) are saved in "
+                f"{run.out_dir/'members'}; run the same command again to go on from here.")
+            raise
+        _add(run, i, res, 'failed' if res is None else 'trained', why)
+
+# %% ../nbs/06_ensemble.ipynb #8bdb19d5
+def _devices(devices)->list|None:
+    "`devices` ('cpu,cpu', ['cuda:0', 'cuda:1']) as a checked list; None: train in this process."
+    if devices is None: return None
+    ds = [d.strip() for d in (devices.split(',') if isinstance(devices, str) else devices) if d.strip()]
+    ds = ['cuda:0' if d == 'cuda' else d for d in ds]
+    n_gpu, fix = torch.cuda.device_count(), "name one per worker, e.g. --devices cuda:0,cuda:1 (Kaggle's two T4s) or cpu,cpu"
+    if not ds: raise PaddyError(f"devices: none given: {fix}.")
+    for d in ds:
+        if d != 'cpu' and not re.fullmatch(r'cuda:\d+', d): raise PaddyError(f"devices: {d!r} is not 'cpu' or 'cuda:N': {fix}.")
+        if d != 'cpu' and int(d[5:]) >= n_gpu:
+            raise PaddyError(f"devices: this machine has no {d}: it has {n_gpu} GPU(s)" + (f", cuda:0 to cuda:{n_gpu-1}" if n_gpu else '')
+                             + f"; {fix}.")
+    if len({d == 'cpu' for d in ds}) > 1: raise PaddyError(f"devices: {','.join(ds)} mixes CPU and GPU workers; a memory "
+                                                          "budget is for one kind: name only GPUs, or only cpu.")
+    if dup := next((d for d in ds if d != 'cpu' and ds.count(d) > 1), None):
+        raise PaddyError(f"devices: {dup} is named twice: two workers on one GPU would each take the whole memory budget; name each GPU once.")
+    return ds
+
+def _sendable(task)->bytes:
+    "`task` pickled for a worker process, or an error that says what can't go."
+    try: data = pickle.dumps(task)
+    except Exception as e: err = f"{type(e).__name__}: {e}"
+    else:
+        if b'__main__' not in data: return data
+        err = "something defined in this notebook or script (__main__), which a new process can't import"
+    raise PaddyError(f"run_ensemble(devices=...) hands each member to a worker process, and can't send it its settings ({err}): "
+                     "define callbacks, loss functions and the like in a module (a .py file beside the notebook) and import "
+                     "them, or run without devices.")
+
+class _Lines(io.TextIOBase):
+    "A text stream that hands each complete line to `log` (a worker's prints)."
+    def __init__(self, log): self.log, self.buf = log, ''
+    def write(self, s):
+        *lines, self.buf = (self.buf + s).split('\n')
+        for l in lines:
+            if l := l.split('\r')[-1].rstrip(): self.log(l)
+        return len(s)
+
+def _worker(label, tasks, results, parent):
+    "A worker process: train each member it is handed; stop when told, or when its parent is gone."
+    def orphaned():  # the parent was killed: stop too, so that a run started again trains alone
+        while os.getppid() == parent: time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=orphaned, daemon=True).start()
+    log = lambda line: results.put(('log', label, line))
+    try:
+        with contextlib.redirect_stdout(_Lines(log)):  # `EpochLog`'s lines and any print
+            while (t := tasks.get()) is not None:
+                m, *rest = pickle.loads(t)
+                try: out = ('done', label, _bytes(_make_member(Member(**m), *rest, log=log)))
+                except Exception as e:
+                    if not isinstance(e, PaddyError): e.add_note(f"(in the worker process on {label})\n" + traceback.format_exc())
+                    out = ('error', label, _bytes(e))
+                results.put(out)
+    except KeyboardInterrupt: pass  # Ctrl-C reached the whole process group: the parent says what was lost
+
+def _bytes(o)->bytes:
+    "`o` as bytes (tensors copied, not shared with the worker that made them)."
+    buf = io.BytesIO()
+    try: torch.save(o, buf)
+    except Exception: buf = io.BytesIO(); torch.save(RuntimeError(f"{type(o).__name__}: {o}"), buf)
+    return buf.getvalue()
+
+@contextlib.contextmanager
+def _environ(**env):
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try: yield
+    finally:
+        for k, v in old.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
+@dataclass
+class _Proc:
+    label:str; proc:object; tasks:object
+
+def _start_workers(devices, results)->list:
+    "One spawned process per device, seeing only its GPU (or none), with this process's CPU threads shared out."
+    import paddy_lib.ensemble as lib  # the installed module's `_worker`: a new process can import it (not a notebook's)
+    ctx, threads = mp.get_context('spawn'), max(1, torch.get_num_threads() // len(devices))
+    procs = []
+    for k, d in enumerate(devices):
+        label, tasks = d if devices.count(d) == 1 else f"{d}#{devices[:k+1].count(d)}", ctx.Queue()
+        with _environ(CUDA_VISIBLE_DEVICES='' if d == 'cpu' else d[5:], OMP_NUM_THREADS=str(threads)):
+            p = ctx.Process(target=lib._worker, args=(label, tasks, results, os.getpid()), name=f'paddy {label}')
+            p.start()
+        procs.append(_Proc(label, p, tasks))
+    return procs
+
+def _train_apart(run, todo, task, limit, log, devices):
+    "Train the members `todo` in worker processes, one per device, each handed the next member as it frees up."
+    if not todo: return
+    sends = {i: _sendable((dataclasses.asdict(task(i)[0]), *task(i)[1:])) for i in todo}  # all checked before any process starts
+    t0, results = time.perf_counter(), mp.get_context('spawn').Queue()
+    procs, busy, error, todo = _start_workers(devices[:len(todo)], results), {}, None, list(todo)
+    idle = list(procs)
+    try:
+        while busy or (todo and error is None and (idle or busy)):
+            while idle and todo and error is None:
+                i = todo.pop(0); late = _too_late(run, t0, limit)
+                if late: log(_start_line(run, i, late)); _add(run, i, None, 'not started', f"not started: {late}"); continue
+                w = idle.pop(0); log(f"[{w.label}] {_start_line(run, i, None)}"); w.tasks.put(sends[i]); busy[w.label] = (w, i)
+            try: kind, label, msg = results.get(timeout=1)
+            except queue.Empty:  # a worker that died (killed for memory, say) sends nothing: look
+                for label, (w, i) in list(busy.items()):
+                    if not w.proc.is_alive():
+                        del busy[label]
+                        _add(run, i, None, 'failed', f"its worker process on {label} died (exit code {w.proc.exitcode})")
+                        log(f"[{label}] member {i}: the worker process died (exit code {w.proc.exitcode}); the others go on")
+                continue
+            if kind == 'log': log(f"[{label}] {msg}"); continue
+            w, i = busy.pop(label); idle.append(w)
+            got = torch.load(io.BytesIO(msg), weights_only=False)
+            if kind == 'error': error = error or got; _add(run, i, None, 'failed', f"{type(got).__name__} in its worker: {got}")
+            else: _add(run, i, got[0], 'failed' if got[0] is None else 'trained', got[1])
+        for i in todo: _add(run, i, None, 'not started', 'not started: every worker process died' if error is None else
+                            f"not started: a worker failed ({type(error).__name__})")
+    except KeyboardInterrupt:
+        log(f"\ninterrupted: {len(run.done)} finished member(s) are saved in {run.out_dir/'members'}; the member(s) in "
+            f"progress are lost; run the same command again to go on from here.")
+        raise
+    finally:
+        for w in procs:
+            if w.proc.is_alive() and w.label not in busy: w.tasks.put(None)
+        for w in procs:
+            w.proc.join(5 if w.label not in busy else 0)
+            if w.proc.is_alive(): w.proc.terminate(); w.proc.join()
+    if error is not None: raise error

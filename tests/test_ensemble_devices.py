@@ -1,0 +1,126 @@
+"`run_ensemble(devices=...)`: members in worker processes, one per device; the same results, errors, kills and resumes."
+import os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pandas as pd, psutil, pytest, torch
+from fastai.callback.core import Callback
+
+from paddy_lib.core import PaddyError
+from paddy_lib.data import get_test_files
+from paddy_lib.ensemble import Member, run_ensemble, member_file, _devices
+
+from test_ensemble import FAST, A, B, data  # its tiny members, and its data fixture
+
+C = Member('test_resnet', ('pad', 96), 32, accum=1)
+D = Member('test_resnet', ('squish', 96), 48, accum=2)
+
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py: one PyTorch thread
+
+
+class FailOnCrop(Callback):
+    "A member resized by cropping fails as it starts (importable here: a worker process can build it)."
+    in_member_key = False
+    def before_fit(self):
+        if any(str(getattr(t, 'method', '')) == 'crop' for t in self.dls.train.after_item.fs): raise ValueError('no crops today')
+
+
+class HoldsALock(Callback):
+    "A callback that can't be pickled (out of the key, which would refuse it otherwise)."
+    in_member_key = False
+    def __init__(self): import threading; self.lock = threading.Lock()
+
+
+class SlowFit(Callback):
+    "Every fit takes at least a second (not part of the member key)."
+    in_member_key = False
+    def before_fit(self): time.sleep(1)
+
+
+def test_devices_are_named_and_checked(monkeypatch):
+    assert _devices(None) is None
+    assert _devices('cpu, cpu') == _devices(['cpu', 'cpu']) == ['cpu', 'cpu']
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 0)
+    with pytest.raises(PaddyError, match=r"no cuda:0: it has 0 GPU\(s\); name one per worker, e.g. --devices cuda:0,cuda:1"): _devices('cuda:0,cuda:1')
+    with pytest.raises(PaddyError, match=r"'gpu0' is not 'cpu' or 'cuda:N'"): _devices('cpu,gpu0')
+    with pytest.raises(PaddyError, match='none given'): _devices('')
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)  # Kaggle's two T4s
+    assert _devices('cuda') == ['cuda:0'] and _devices('cuda:0,cuda:1') == ['cuda:0', 'cuda:1']
+    with pytest.raises(PaddyError, match='has no cuda:2: it has 2 GPU\\(s\\), cuda:0 to cuda:1'): _devices('cuda:2')
+    with pytest.raises(PaddyError, match='mixes CPU and GPU'): _devices('cuda:0,cpu')
+    with pytest.raises(PaddyError, match='cuda:1 is named twice'): _devices('cuda:1,cuda:0,cuda:1')
+
+
+def test_what_a_worker_cannot_import_fails_before_any_training(data, tmp_path, monkeypatch):
+    "A callback from a notebook (`__main__`), or holding a lock, can't reach a spawned process: said at once, nothing trained."
+    Notebooks = type('InANotebook', (Callback,), {'__module__': '__main__', 'in_member_key': False})
+    monkeypatch.setattr(sys.modules['__main__'], 'InANotebook', Notebooks, raising=False)  # as a notebook cell defines it
+    for kw, what in [(dict(cbs=Notebooks()), r'defined in this notebook or script \(__main__\)'),
+                     (dict(cbs=HoldsALock()), r"TypeError: cannot pickle '_thread.lock' object")]:
+        with pytest.raises(PaddyError, match=what) as e: run_ensemble([A], data, tmp_path/'no', devices='cpu', **kw, **FAST)
+        assert 'define callbacks, loss functions and the like in a module' in str(e.value)
+    assert not list((tmp_path/'no'/'members').glob('*.pt'))
+
+
+def test_side_by_side_gives_what_one_process_gives(data, tmp_path):
+    "Two CPU workers train the members each would have trained alone, to the bit; both workers take members; all saved."
+    here = run_ensemble([A, B, C], data, tmp_path/'here', **FAST, log=lambda l: None)
+    logs = []
+    apart = run_ensemble([A, B, C], data, tmp_path/'apart', devices='cpu,cpu', **FAST, log=logs.append)
+    assert apart.status == here.status == ['trained']*3
+    for h, a in zip(here.results, apart.results):
+        for k in ('test_preds', 'holdout_preds'): assert torch.equal(h[k], a[k]), k
+        assert a['record']['key'] == h['record']['key']  # where the work ran is not part of what a member is
+    assert '2 worker process(es): cpu, cpu' in logs[0]
+    for w in ('[cpu#1] member ', '[cpu#2] member '): assert any(l.startswith(w) for l in logs), (w, logs)
+    assert all((tmp_path/'apart'/'members'/member_file('', m, r['record']['key']).name).exists() for m, r in apart.done)
+    assert (tmp_path/'apart'/'records.csv').read_text().count('trained') == 3
+    again = run_ensemble([A, B, C], data, tmp_path/'apart', devices='cpu,cpu', **FAST, log=lambda l: None)
+    assert again.status == ['loaded']*3  # saved by the workers, found by any run: no process is started for nothing
+    assert torch.equal(again.probs(), here.probs())
+
+
+def test_a_worker_error_reaches_the_caller_after_the_others_finish(data, tmp_path):
+    "B fails in one worker; A, already training in the other, finishes and is saved; C is not started; then the error."
+    out, logs = tmp_path/'err', []
+    with pytest.raises(ValueError, match='no crops today') as e:
+        run_ensemble([B, A, C], data, out, devices='cpu,cpu', cbs=FailOnCrop(), **FAST, log=logs.append)
+    assert any('(in the worker process on cpu#1)' in n for n in getattr(e.value, '__notes__', []))
+    assert len(list((out/'members').glob('*.pt'))) == 1  # A's
+    assert list(pd.read_csv(out/'records.csv').status) == ['failed', 'trained', 'not started']
+    assert run_ensemble([B, A, C], data, out, **FAST, log=lambda l: None).status == ['trained', 'loaded', 'trained']
+
+
+def test_time_limit_holds_with_workers(data, tmp_path):
+    "One worker, half a second allowed: the first member trains, the second is not started, and the submission is written."
+    run = run_ensemble([A, B], data, tmp_path/'limit', devices='cpu', cbs=SlowFit(), time_limit=0.5/3600, **FAST, log=lambda l: None)
+    assert run.status == ['trained', 'not started'] and 'would end after the time limit' in run.reasons[2]
+    assert len(run.write_submission(tmp_path/'sub.csv')) == len(get_test_files(data))
+
+
+KILLED = """
+import sys, torch; torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_ensemble_devices import A, B, C, D, FAST, SlowFit
+from paddy_lib.ensemble import run_ensemble
+if __name__ == '__main__': run_ensemble([A, B, C, D], {data!r}, {out!r}, devices='cpu,cpu', cbs=SlowFit(), **FAST)
+"""
+
+def test_killed_mid_run_stops_its_workers_and_resumes(data, tmp_path):
+    "SIGKILL the run once a member is saved: its workers stop too, and the next run loads what was saved, trains the rest."
+    out = tmp_path/'killed'
+    script = tmp_path/'run.py'
+    script.write_text(KILLED.format(tests=str(Path(__file__).parent), data=str(data), out=str(out)))
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers, t0 = [], time.time()
+    try:
+        while not list((out/'members').glob('*.pt')) and time.time() - t0 < 240:
+            workers = psutil.Process(p.pid).children() or workers; time.sleep(0.2)
+        assert sum('spawn_main' in ' '.join(w.cmdline()) for w in workers) == 2, workers  # (and multiprocessing's tracker)
+    finally: p.kill(); p.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, alive  # the workers noticed their parent was gone and stopped
+    saved = {f.name for f in (out/'members').glob('*.pt')}
+    logs = []
+    run = run_ensemble([A, B, C, D], data, out, **FAST, log=logs.append)
+    assert run.status.count('loaded') == len(saved) >= 1 and set(run.status) <= {'loaded', 'trained'}
+    assert sum('already done' in l for l in logs) == len(saved)
