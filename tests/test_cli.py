@@ -244,3 +244,15 @@ def test_ensemble_takes_a_time_limit(capsys):
     with pytest.raises(SystemExit): main(['ensemble', '--help'])
     out = capsys.readouterr().out
     assert '--time-limit (float)' in out and "can't finish by then" in out
+
+
+def test_devices_reach_run_ensemble_and_a_bad_one_is_one_line(tmp_path, monkeypatch, capsys):
+    "`--devices` is on both commands; an unknown device stops `paddy demo` with the library's message, before training."
+    for cmd in ('demo', 'ensemble'):
+        with pytest.raises(SystemExit): main([cmd, '--help'])
+        assert '--devices (str)' in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    r = subprocess.run([sys.executable, '-m', 'paddy_lib.cli', 'demo', '--devices', 'cpu,gpu0', '--data', str(tmp_path/'d')],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "paddy demo: devices: 'gpu0' is not 'cpu' or 'cuda:N'" in r.stdout + r.stderr
+    assert 'Traceback' not in r.stderr and not (tmp_path/'paddy_demo'/'members').exists()
