@@ -552,9 +552,10 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
     _check_args(members, epochs, budget_mib)
     path, out, n = Path(path) if path is not None else paddy_data(), Path(out_dir), len(members)
     cuda = devices[0] != 'cpu' if devices else torch.cuda.is_available()
-    if budget_mib is None and cuda: budget_mib = default_budget(devices[0] if devices else None)
+    if budget_mib is None and cuda and not devices: budget_mib = default_budget()  # (GPU workers: each its own card's)
     pretrained, finetune, why, recipe = _weights(pretrained, finetune, path)
     if num_workers is None and not cuda: num_workers = 0  # measured faster: bench/demo.py
+    if num_workers is None and devices: num_workers = max(1, (os.cpu_count() or 2) // len(devices))  # the cores shared out
     hold = holdout_ids(path, holdout_pct, holdout_seed)
     ctx = _run_ctx(path, epochs, lr, eff_bs, holdout_pct, holdout_seed, pretrained, finetune, cbs, kwargs)
     keys = [member_key(m, **ctx) for m in members]
@@ -562,7 +563,8 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
     fns = [member_file(out, m, k) for m, k in zip(members, keys)]
     run = EnsembleRun(members, [None]*n, ['pending']*n, out, path)
     log(f"{n} member(s) on {path}: pretrained={pretrained} ({why})" + (f", budget {budget_mib:,.0f} MiB" if budget_mib else
-        ", no memory budget") + (f"; {len(devices)} worker process(es): {', '.join(devices)}" if devices else ''))
+        ", budget: each GPU's default_budget()" if cuda else ", no memory budget")
+        + (f"; {len(devices)} worker process(es): {', '.join(devices)}" if devices else ''))
     if pretrained:  # weights that can't be had (offline, not cached) stop the run now, not when a member starts
         for arch in dict.fromkeys(m.arch for m, f in zip(members, fns) if retrain or not f.exists()): check_weights(arch)
     kw = dict(path=path, hold=hold, hold_files=_holdout_files(path, hold), tst_files=get_test_files(path), epochs=epochs, lr=lr,
@@ -693,8 +695,10 @@ def _worker(label, tasks, results, parent):
     try:
         with contextlib.redirect_stdout(_Lines(log)):  # `EpochLog`'s lines and any print
             while (t := tasks.get()) is not None:
-                m, *rest = pickle.loads(t)
-                try: out = ('done', label, _bytes(_make_member(Member(**m), *rest, log=log)))
+                m, fn, spec, data, budget_mib, recipe, kw = pickle.loads(t)
+                try:
+                    if budget_mib is None and torch.cuda.is_available(): budget_mib = default_budget()  # its own card's
+                    out = ('done', label, _bytes(_make_member(Member(**m), fn, spec, data, budget_mib, recipe, kw, log=log)))
                 except Exception as e:
                     if not isinstance(e, PaddyError): e.add_note(f"(in the worker process on {label})\n" + traceback.format_exc())
                     out = ('error', label, _bytes(e))
@@ -726,10 +730,11 @@ def _start_workers(devices, results)->list:
     "One spawned process per device, seeing only its GPU (or none), with this process's CPU threads shared out."
     import paddy_lib.ensemble as lib  # the installed module's `_worker`: a new process can import it (not a notebook's)
     ctx, threads = mp.get_context('spawn'), max(1, torch.get_num_threads() // len(devices))
-    procs = []
+    vis = os.environ.get('CUDA_VISIBLE_DEVICES')  # cuda:N is the N-th GPU this process sees: the same card for the worker
+    seen, procs = [v.strip() for v in vis.split(',')] if vis else [str(i) for i in range(torch.cuda.device_count())], []
     for k, d in enumerate(devices):
         label, tasks = d if devices.count(d) == 1 else f"{d}#{devices[:k+1].count(d)}", ctx.Queue()
-        with _environ(CUDA_VISIBLE_DEVICES='' if d == 'cpu' else d[5:], OMP_NUM_THREADS=str(threads)):
+        with _environ(CUDA_VISIBLE_DEVICES='' if d == 'cpu' else seen[int(d[5:])], OMP_NUM_THREADS=str(threads)):
             p = ctx.Process(target=lib._worker, args=(label, tasks, results, os.getpid()), name=f'paddy {label}')
             p.start()
         procs.append(_Proc(label, p, tasks))
