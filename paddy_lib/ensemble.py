@@ -17,6 +17,7 @@ from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import set_seed
 from fastcore.basics import noop
+from fastcore.xtras import modified_env
 import fastprogress.fastprogress as _fp
 from fastai.vision.all import Resize
 from .core import PaddyError, is_oom, device_name, iskaggle
@@ -712,16 +713,6 @@ def _bytes(o)->bytes:
     except Exception: buf = io.BytesIO(); torch.save(RuntimeError(f"{type(o).__name__}: {o}"), buf)
     return buf.getvalue()
 
-@contextlib.contextmanager
-def _environ(**env):
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try: yield
-    finally:
-        for k, v in old.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
-
 @dataclass
 class _Proc:
     label:str; proc:object; tasks:object
@@ -734,7 +725,7 @@ def _start_workers(devices, results)->list:
     seen, procs = [v.strip() for v in vis.split(',')] if vis else [str(i) for i in range(torch.cuda.device_count())], []
     for k, d in enumerate(devices):
         label, tasks = d if devices.count(d) == 1 else f"{d}#{devices[:k+1].count(d)}", ctx.Queue()
-        with _environ(CUDA_VISIBLE_DEVICES='' if d == 'cpu' else seen[int(d[5:])], OMP_NUM_THREADS=str(threads)):
+        with modified_env(CUDA_VISIBLE_DEVICES='' if d == 'cpu' else seen[int(d[5:])], OMP_NUM_THREADS=str(threads)):
             p = ctx.Process(target=lib._worker, args=(label, tasks, results, os.getpid()), name=f'paddy {label}')
             p.start()
         procs.append(_Proc(label, p, tasks))
