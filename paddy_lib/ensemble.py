@@ -7,7 +7,7 @@ Docs: https://paddy-lib.github.io/paddy_lib/ensemble.html.md"""
 # %% ../nbs/06_ensemble.ipynb #3f34ac2e
 from __future__ import annotations
 import os, sys, io, re, json, time, pickle, queue, threading, hashlib, tempfile, datetime, numbers, contextlib, enum, functools, types, traceback, socket
-import multiprocessing as mp
+import multiprocessing as mp, warnings
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -717,6 +717,12 @@ def _bytes(o)->bytes:
 class _Proc:
     label:str; proc:object; tasks:object
 
+def _quiet()->str:
+    "This process's `ignore` warning filters, for a new process's `PYTHONWARNINGS` (its imports warn as ours did)."
+    ours = [f"ignore:{f[1].pattern}" for f in warnings.filters  # (only plain-text messages: PYTHONWARNINGS takes no regex)
+            if f[0] == 'ignore' and f[1] and not set(f[1].pattern) & set(':,*+?[]()|^$\\')]
+    return ','.join([*filter(None, [os.environ.get('PYTHONWARNINGS')]), *ours])
+
 def _start_workers(devices, results)->list:
     "One spawned process per device, seeing only its GPU (or none), with this process's CPU threads shared out."
     import paddy_lib.ensemble as lib  # the installed module's `_worker`: a new process can import it (not a notebook's)
@@ -725,7 +731,8 @@ def _start_workers(devices, results)->list:
     seen, procs = [v.strip() for v in vis.split(',')] if vis else [str(i) for i in range(torch.cuda.device_count())], []
     for k, d in enumerate(devices):
         label, tasks = d if devices.count(d) == 1 else f"{d}#{devices[:k+1].count(d)}", ctx.Queue()
-        with modified_env(CUDA_VISIBLE_DEVICES='' if d == 'cpu' else seen[int(d[5:])], OMP_NUM_THREADS=str(threads)):
+        with modified_env(CUDA_VISIBLE_DEVICES='' if d == 'cpu' else seen[int(d[5:])], OMP_NUM_THREADS=str(threads),
+                          PYTHONWARNINGS=_quiet()):
             p = ctx.Process(target=lib._worker, args=(label, tasks, results, os.getpid()), name=f'paddy {label}')
             p.start()
         procs.append(_Proc(label, p, tasks))

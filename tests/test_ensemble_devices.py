@@ -1,5 +1,5 @@
 "`run_ensemble(devices=...)`: members in worker processes, one per device; the same results, errors, kills and resumes."
-import os, signal, subprocess, sys, time
+import os, signal, subprocess, sys, time, warnings
 from pathlib import Path
 
 import pandas as pd, psutil, pytest, torch
@@ -129,17 +129,23 @@ def test_killed_mid_run_stops_its_workers_and_resumes(data, tmp_path):
 def test_each_worker_sees_only_its_gpu_and_a_share_of_the_threads(monkeypatch):
     "What a GPU worker starts with, checked without a GPU: the environment each process is started in."
     import paddy_lib.ensemble as ens
-    started = []
+    started, warned = [], []
     class Proc:
         def __init__(self, target, args, name): self.name = name
-        def start(self): started.append((self.name, os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ['OMP_NUM_THREADS']))
+        def start(self):
+            started.append((self.name, os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ['OMP_NUM_THREADS']))
+            warned.append(os.environ['PYTHONWARNINGS'])
     class Ctx:
         Process, Queue = Proc, staticmethod(lambda: None)
     monkeypatch.setattr(ens.mp, 'get_context', lambda kind: Ctx)
     monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '2,3')  # this process sees two of a machine's cards: cuda:0 is card 2
     monkeypatch.setattr(torch, 'get_num_threads', lambda: 4)
-    ens._start_workers(['cuda:0', 'cuda:1'], None)
-    ens._start_workers(['cpu', 'cpu', 'cpu'], None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='A notice this process silenced')
+        warnings.filterwarnings('ignore', message='.*a regex.*')  # PYTHONWARNINGS can't say it: left out
+        ens._start_workers(['cuda:0', 'cuda:1'], None)
+        ens._start_workers(['cpu', 'cpu', 'cpu'], None)
+    assert all('ignore:A notice this process silenced' in w and 'a regex' not in w for w in warned)  # its imports stay quiet
     assert started == [('paddy cuda:0', '2', '2'), ('paddy cuda:1', '3', '2'),
                        ('paddy cpu#1', '', '1'), ('paddy cpu#2', '', '1'), ('paddy cpu#3', '', '1')]
     assert os.environ['CUDA_VISIBLE_DEVICES'] == '2,3'  # this process's own, put back
