@@ -1,5 +1,5 @@
 "Fixtures for the tests: a local Kaggle, no credentials, no internet (tests/test_kaggle.py); one PyTorch thread; 03_memory's kernel run started early (tests/test_memory_kernel.py)."
-import shutil, subprocess, tempfile
+import shutil, signal, subprocess, tempfile
 from pathlib import Path
 import pytest, torch
 from paddy_lib.data import COMP, make_demo_paddy
@@ -47,7 +47,7 @@ _MEMORY_KERNEL = {}  # tests/test_memory_kernel.py's run of 03_memory in a real 
 def pytest_collection_finish(session):
     "Start that run as soon as its tests are collected: it runs on the core the first test files leave idle."
     if session.config.option.collectonly: return
-    mods = {item.module for item in session.items if item.path.name == 'test_memory_kernel.py'}
+    mods = {item.module for item in session.items if item.path.name == 'test_memory_kernel.py' and 'executed' in item.fixturenames}
     if mods:
         work = Path(tempfile.mkdtemp(prefix='paddy-memory-kernel-'))
         _MEMORY_KERNEL['run'] = (mods.pop().start_run(work), work)
@@ -56,10 +56,13 @@ def pytest_sessionfinish(session):
     "Stop the run if no test waited for it (an interrupted session), and remove its folder."
     if 'run' not in _MEMORY_KERNEL: return
     proc, work = _MEMORY_KERNEL.pop('run')
-    if proc.poll() is None: proc.kill(); proc.wait()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # nbclient shuts its kernel down on the way out
+        try: proc.wait(timeout=30)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
     shutil.rmtree(work, ignore_errors=True)
 
 @pytest.fixture(scope='session')
 def memory_kernel_run():
-    "The (process, folder) of the run started at collection, or None (its tests were not collected as a whole session)."
+    "The (process, folder) of the run started at collection; None if none was started."
     return _MEMORY_KERNEL.get('run')
