@@ -1,4 +1,6 @@
-"Fixtures for the tests: a local Kaggle, no credentials, no internet (tests/test_kaggle.py); one PyTorch thread."
+"Fixtures for the tests: a local Kaggle, no credentials, no internet (tests/test_kaggle.py); one PyTorch thread; 03_memory's kernel run started early (tests/test_memory_kernel.py)."
+import shutil, signal, subprocess, tempfile
+from pathlib import Path
 import pytest, torch
 from paddy_lib.data import COMP, make_demo_paddy
 from paddy_lib.testing import LocalKaggle, loopback_only
@@ -39,3 +41,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+_MEMORY_KERNEL = {}  # tests/test_memory_kernel.py's run of 03_memory in a real kernel: (process, folder), once started
+
+def pytest_collection_finish(session):
+    "Start that run as soon as its tests are collected: it runs on the core the first test files leave idle."
+    if session.config.option.collectonly: return
+    mods = {item.module for item in session.items if item.path.name == 'test_memory_kernel.py' and 'executed' in item.fixturenames}
+    if mods:
+        work = Path(tempfile.mkdtemp(prefix='paddy-memory-kernel-'))
+        _MEMORY_KERNEL['run'] = (mods.pop().start_run(work), work)
+
+def pytest_sessionfinish(session):
+    "Stop the run if no test waited for it (an interrupted session), and remove its folder."
+    if 'run' not in _MEMORY_KERNEL: return
+    proc, work = _MEMORY_KERNEL.pop('run')
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # nbclient shuts its kernel down on the way out
+        try: proc.wait(timeout=30)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+    shutil.rmtree(work, ignore_errors=True)
+
+@pytest.fixture(scope='session')
+def memory_kernel_run():
+    "The (process, folder) of the run started at collection; None if none was started."
+    return _MEMORY_KERNEL.get('run')

@@ -11,10 +11,17 @@ from paddy_lib.data import (PaddyError, PaddyDataError, PaddyDataWarning, make_d
 PADDY = [shutil.which('paddy')] if shutil.which('paddy') else [sys.executable, '-m', 'paddy_lib.cli']
 
 
-def paddy(*args, env=None):
-    "Run the `paddy` console script; its exit status and its output (stdout + stderr)."
-    r = subprocess.run([*PADDY, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
-    return r.returncode, r.stdout + r.stderr
+def start_paddy(*args, env=None, log):
+    "Start the `paddy` console script, its output (stdout + stderr) to the file `log`."
+    with open(log, 'w') as f:
+        return subprocess.Popen([*PADDY, *map(str, args)], stdout=f, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def finish(run):
+    "Wait for a `cli` run: its exit status and its output."
+    try: run['proc'].wait(timeout=300)
+    except subprocess.TimeoutExpired: run['proc'].kill(); run['proc'].wait()
+    return run['proc'].returncode, run['log'].read_text()
 
 
 @pytest.fixture(scope='module')
@@ -25,6 +32,27 @@ def demo(tmp_path_factory): return make_demo_paddy(tmp_path_factory.mktemp('faul
 def data(demo, tmp_path):
     "A fresh copy of the demo data to break."
     return Path(shutil.copytree(demo, tmp_path/'paddy'))
+
+
+CLI = {}  # the console-script tests' set-ups: name -> f(data, tmp) -> (args, env, what the test needs besides)
+
+def cli_case(f): CLI[f.__name__] = f; return f
+
+
+@pytest.fixture(scope='module')
+def cli(demo, tmp_path_factory):
+    """The module's `paddy` commands, each on its own broken copy of the demo, all started at once (each spends most of
+    its time importing fastai, on one core): name -> dict(data, tmp, proc, log, ...). Each test waits for its own."""
+    runs = {}
+    for name, setup in CLI.items():
+        tmp = tmp_path_factory.mktemp(name)
+        data = Path(shutil.copytree(demo, tmp/'paddy'))
+        args, env, extra = setup(data, tmp)
+        runs[name] = dict(data=data, tmp=tmp, log=tmp/'paddy.log', **extra)
+        runs[name]['proc'] = start_paddy(*args, env=env, log=runs[name]['log'])
+    yield runs
+    for r in runs.values():
+        if r['proc'].poll() is None: r['proc'].kill(); r['proc'].wait()
 
 
 def _to_latin1(data, variety='Ponní'):
@@ -38,10 +66,14 @@ def _to_latin1(data, variety='Ponní'):
 
 # --- CSVs that are not UTF-8
 
-def test_check_cli_latin1_train_csv(data):
+@cli_case
+def check_latin1(data, tmp): return ('check', '--path', data), None, dict(pos=_to_latin1(data))
+
+def test_check_cli_latin1_train_csv(cli):
     "`paddy check` on a latin-1 train.csv: exit 1, one message naming the file, the byte, and how to re-save; no traceback."
-    pos = _to_latin1(data)
-    rc, out = paddy('check', '--path', data)
+    run = cli['check_latin1']
+    data, pos = run['data'], run['pos']
+    rc, out = finish(run)
     assert rc == 1, out
     assert 'Traceback' not in out and 'UnicodeDecodeError' not in out, out
     assert f"{data/'train.csv'} is not UTF-8" in out
@@ -53,11 +85,16 @@ def test_check_cli_latin1_train_csv(data):
     assert 'Ponní' in set(read_paddy_csv(p).variety)
 
 
-def test_ensemble_cli_latin1_stops_before_training(data, tmp_path):
-    "`paddy ensemble` checks the data first: the same one message, exit 1, nothing trained or written."
+@cli_case
+def ensemble_latin1(data, tmp):
     _to_latin1(data)
-    out_dir = tmp_path/'runs'
-    rc, out = paddy('ensemble', '--path', data, '--out', out_dir, '--epochs', 1, '--submission', tmp_path/'sub.csv')
+    return ('ensemble', '--path', data, '--out', tmp/'runs', '--epochs', 1, '--submission', tmp/'sub.csv'), None, {}
+
+def test_ensemble_cli_latin1_stops_before_training(cli):
+    "`paddy ensemble` checks the data first: the same one message, exit 1, nothing trained or written."
+    run = cli['ensemble_latin1']
+    data, out_dir, tmp_path = run['data'], run['tmp']/'runs', run['tmp']
+    rc, out = finish(run)
     assert rc == 1, out
     assert 'Traceback' not in out and f"{data/'train.csv'} is not UTF-8" in out, out
     assert not out_dir.exists() and not (tmp_path/'sub.csv').exists()
@@ -110,11 +147,17 @@ def _drop_images(data, label, keep):
     df[(df.label != label) | df.image_id.isin(kept)].to_csv(data/'train.csv', index=False)
 
 
-def test_check_cli_warns_for_empty_and_small_labels(data):
-    "`paddy check`: exit 0, each warning one readable line (`warning: ...`), no traceback or source line."
+@cli_case
+def check_small_labels(data, tmp):
     _drop_images(data, 'tungro', 0)   # an empty folder, and no row: a model of 9 classes
     _drop_images(data, 'hispa', 2)
-    rc, out = paddy('check', '--path', data)
+    return ('check', '--path', data), None, {}
+
+def test_check_cli_warns_for_empty_and_small_labels(cli):
+    "`paddy check`: exit 0, each warning one readable line (`warning: ...`), no traceback or source line."
+    run = cli['check_small_labels']
+    data = run['data']
+    rc, out = finish(run)
     assert rc == 0, out
     warns = [l for l in out.splitlines() if l.startswith('warning: ')]
     assert len(warns) == 2, out
@@ -161,15 +204,20 @@ def test_own_labels_are_not_measured_against_the_competitions(data):
 
 # --- submissions with extra columns
 
-def test_submit_cli_refuses_extra_columns(data, tmp_path):
-    "`paddy submit` on image_id,label,extra: exit 1 with the columns named, before any Kaggle call (no credentials here)."
-    home = tmp_path/'home'; home.mkdir()
+@cli_case
+def submit_extra_columns(data, tmp):
+    home = tmp/'home'; home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith('KAGGLE_')}
     env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(home/'.kaggle'))
-    sub = tmp_path/'extra.csv'
+    sub = tmp/'extra.csv'
     pd.read_csv(data/'sample_submission.csv').assign(label='blast', extra=1).to_csv(sub, index=False)
-    before = sub.read_bytes()
-    rc, out = paddy('submit', sub, 'all blast', '--path', data, env=env)
+    return ('submit', sub, 'all blast', '--path', data), env, dict(sub=sub, before=sub.read_bytes())
+
+def test_submit_cli_refuses_extra_columns(cli):
+    "`paddy submit` on image_id,label,extra: exit 1 with the columns named, before any Kaggle call (no credentials here)."
+    run = cli['submit_extra_columns']
+    sub, before = run['sub'], run['before']
+    rc, out = finish(run)
     assert rc == 1, out
     assert 'extra columns (extra): it must have exactly the columns image_id,label' in out, out
     assert 'Traceback' not in out and 'credentials' not in out.lower(), out   # stopped before the Kaggle client

@@ -3,10 +3,22 @@
 `nbdev-test` executes notebooks in its own shell, where ipyexperiments can't work (it reads the kernel's namespace and
 hooks cell execution), so there the notebook skips those cells. Here they run, on a copy of the notebook in a temporary
 folder, with the cells `nbdev-test` skips (`#| cuda`, `#| slow`, `#| notest`, `#| eval: false`) left out the same way.
+
+The run (over a minute of one core) is this file run as a script, in its own process: tests/conftest.py starts it as
+soon as pytest has collected these tests, so it runs on the core the first test files leave idle (they train in one
+process with one thread), and `executed` waits for it. Run alone, this file starts it itself.
 """
-import os, re
+import os, re, subprocess, sys
 from pathlib import Path
 import pytest
+
+if __name__ == '__main__':  # the run itself: `python tests/test_memory_kernel.py WORK_DIR`
+    import nbformat, nbclient
+    _work = Path(sys.argv[1])
+    _nb = nbformat.read(_work/'03_memory.ipynb', as_version=4)
+    nbclient.NotebookClient(_nb, kernel_name='python3', timeout=900, resources={'metadata': {'path': str(_work)}}).execute()
+    nbformat.write(_nb, _work/'executed.ipynb')
+    sys.exit(0)
 
 nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
@@ -34,21 +46,29 @@ def _cell(nb, snippet, exact=False):
     assert len(cells) == 1, f"{len(cells)} cells contain {snippet!r}"
     return cells[0]
 
-@pytest.fixture(scope='module')
-def executed(tmp_path_factory):
-    "The notebook, executed top to bottom in a fresh `python3` kernel, in a temporary folder."
-    try: KernelSpecManager().get_kernel_spec(KERNEL)
-    except NoSuchKernel: pytest.skip(f"no {KERNEL!r} Jupyter kernel: `pip install ipykernel`")
+def start_run(work:Path)->subprocess.Popen:
+    "Copy the notebook, less the cells nbdev-test skips and with no outputs, into `work`, and start its run there."
     nb = nbformat.read(NB, as_version=4)
     nb.cells = [c for c in nb.cells if c.cell_type != 'code' or not SKIPPED.search(c.source)]
     for c in nb.cells:
         if c.cell_type == 'code': c.outputs, c.execution_count = [], None
-    work = tmp_path_factory.mktemp('nb')
     nbformat.write(nb, work/NB.name)  # a copy: the committed notebook is never touched
-    with pytest.MonkeyPatch.context() as mp:  # the kernel imports this checkout's paddy_lib, installed or not
-        mp.setenv('PYTHONPATH', os.pathsep.join([str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])]))
-        nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=900, resources={'metadata': {'path': str(work)}}).execute()
-    return nb
+    # the kernel imports this checkout's paddy_lib, installed or not
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])])}
+    with open(work/'run.log', 'w') as log:
+        return subprocess.Popen([sys.executable, __file__, str(work)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+
+@pytest.fixture(scope='module')
+def executed(memory_kernel_run, tmp_path_factory):
+    "The notebook, executed top to bottom in a fresh `python3` kernel, in a temporary folder."
+    try: KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel: pytest.skip(f"no {KERNEL!r} Jupyter kernel: `pip install ipykernel`")
+    if memory_kernel_run is None: memory_kernel_run = (start_run(work := tmp_path_factory.mktemp('nb')), work)
+    proc, work = memory_kernel_run  # (the run, its folder), started by conftest.py when these tests were collected
+    try: rc = proc.wait(timeout=1800)
+    except subprocess.TimeoutExpired: proc.kill(); proc.wait(); rc = 'killed after 30 minutes'
+    assert rc == 0, f"the kernel run failed ({rc}):\n" + (work/'run.log').read_text()[-6000:]
+    return nbformat.read(work/'executed.ipynb', as_version=4)
 
 def test_runs_in_a_real_kernel(executed):
     "The kernel is a real ipykernel: the notebook's own check says so, and every kept cell ran without error."
