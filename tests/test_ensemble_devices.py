@@ -149,3 +149,23 @@ def test_each_worker_sees_only_its_gpu_and_a_share_of_the_threads(monkeypatch):
     assert started == [('paddy cuda:0', '2', '2'), ('paddy cuda:1', '3', '2'),
                        ('paddy cpu#1', '', '1'), ('paddy cpu#2', '', '1'), ('paddy cpu#3', '', '1')]
     assert os.environ['CUDA_VISIBLE_DEVICES'] == '2,3'  # this process's own, put back
+
+
+def test_in_a_real_jupyter_kernel(data, tmp_path):
+    "From a notebook (ipykernel's `__main__`): workers start and train, and a cell's own callback is refused by name."
+    nbformat, nbclient = pytest.importorskip('nbformat'), pytest.importorskip('nbclient')
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    try: KernelSpecManager().get_kernel_spec('python3')
+    except NoSuchKernel: pytest.skip("no 'python3' Jupyter kernel: `pip install ipykernel`")
+    setup = (f"import sys, torch; torch.set_num_threads(1); sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+             f"from test_ensemble_devices import A, B, FAST\nfrom paddy_lib.ensemble import run_ensemble\nfrom fastai.callback.core import Callback")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in [
+        setup,
+        f"print(run_ensemble([A, B], {str(data)!r}, {str(tmp_path/'nb')!r}, devices='cpu,cpu', **FAST).status)",
+        "class Mine(Callback): in_member_key = False\n"
+        f"try: run_ensemble([A], {str(data)!r}, {str(tmp_path/'nb2')!r}, devices='cpu', cbs=Mine(), **FAST)\n"
+        "except Exception as e: print(type(e).__name__, e)"]])
+    nbclient.NotebookClient(nb, kernel_name='python3', timeout=600).execute()
+    out = [''.join(o.get('text', '') for o in c.outputs) for c in nb.cells]
+    assert "['trained', 'trained']" in out[1] and '[cpu#1] member ' in out[1] and '[cpu#2] member ' in out[1], out[1]
+    assert 'PaddyError' in out[2] and 'defined in this notebook or script (__main__)' in out[2], out[2]
