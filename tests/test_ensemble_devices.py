@@ -24,6 +24,13 @@ class FailOnCrop(Callback):
         if any(str(getattr(t, 'method', '')) == 'crop' for t in self.dls.train.after_item.fs): raise ValueError('no crops today')
 
 
+class DieOnCrop(Callback):
+    "The worker training a cropped member dies outright, as one killed for memory would (no exception, no message)."
+    in_member_key = False
+    def before_fit(self):
+        if any(str(getattr(t, 'method', '')) == 'crop' for t in self.dls.train.after_item.fs): os._exit(9)
+
+
 class HoldsALock(Callback):
     "A callback that can't be pickled (out of the key, which would refuse it otherwise)."
     in_member_key = False
@@ -88,6 +95,27 @@ def test_a_worker_error_reaches_the_caller_after_the_others_finish(data, tmp_pat
     assert len(list((out/'members').glob('*.pt'))) == 1  # A's
     assert list(pd.read_csv(out/'records.csv').status) == ['failed', 'trained', 'not started']
     assert run_ensemble([B, A, C], data, out, **FAST, log=lambda l: None).status == ['trained', 'loaded', 'trained']
+
+
+def test_a_worker_that_dies_fails_its_member_and_the_others_go_on(data, tmp_path):
+    "B's worker dies (exit code 9); A trains on the other; C, handed to it, trains; the submission is written without B."
+    logs = []
+    run = run_ensemble([B, A, C], data, tmp_path/'died', devices='cpu,cpu', cbs=DieOnCrop(), **FAST, log=logs.append)
+    assert run.status == ['failed', 'trained', 'trained'], run.status
+    assert run.reasons[1] == 'its worker process on cpu#1 died (exit code 9)'
+    assert any('member 1: the worker process died (exit code 9); the others go on' in l for l in logs)
+    assert len(run.write_submission(tmp_path/'sub.csv')) == len(get_test_files(data))
+
+
+def test_ctrl_c_stops_the_workers_and_says_what_is_saved(data, tmp_path):
+    "Ctrl-C in the parent (here: raised by its `log` as a worker's first line arrives): no worker process is left."
+    logs = []
+    def log(line):
+        logs.append(line)
+        if line.startswith('[cpu#1]   recipe'): raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt): run_ensemble([A, B], data, tmp_path/'ctrl-c', devices='cpu,cpu', **FAST, log=log)
+    assert any(l.startswith('\ninterrupted: 0 finished member(s) are saved in') for l in logs), logs
+    assert not [p for p in psutil.Process().children(recursive=True) if 'spawn_main' in ' '.join(p.cmdline())]
 
 
 def test_time_limit_holds_with_workers(data, tmp_path):
