@@ -563,20 +563,22 @@ def run_ensemble(configs:list,                 # the members: `Member`s, dicts o
     specs = [member_key(m, **{**ctx, 'data': None}) for m in members]  # the same without the data: to say why one retrains
     fns = [member_file(out, m, k) for m, k in zip(members, keys)]
     run = EnsembleRun(members, [None]*n, ['pending']*n, out, path)
+    fresh = [f for f in fns if retrain or not f.exists()]  # the files a member has to be trained for
     log(f"{n} member(s) on {path}: pretrained={pretrained} ({why})" + (f", budget {budget_mib:,.0f} MiB" if budget_mib else
         ", budget: each GPU's default_budget()" if cuda else ", no memory budget")
         + (f"; {len(devices)} worker process(es): {', '.join(devices)}" if devices else ''))
     if pretrained:  # weights that can't be had (offline, not cached) stop the run now, not when a member starts
-        for arch in dict.fromkeys(m.arch for m, f in zip(members, fns) if retrain or not f.exists()): check_weights(arch)
+        for arch in dict.fromkeys(m.arch for m, f in zip(members, fns) if f in fresh): check_weights(arch)
     kw = dict(path=path, hold=hold, hold_files=_holdout_files(path, hold), tst_files=get_test_files(path), epochs=epochs, lr=lr,
               eff_bs=eff_bs, max_accum=max_accum or max(1, eff_bs//2), pretrained=pretrained, finetune=finetune,
               num_workers=num_workers, cbs=cbs, progress=progress, **kwargs)
     task = lambda i: (members[i-1], fns[i-1], specs[i-1], ctx['data'], budget_mib, recipe, dict(kw, key=keys[i-1]))
     with _out_lock(out):
-        _check_out(out, sum(retrain or not f.exists() for f in fns))
+        _check_out(out, len(fresh))
         todo = [i for i in range(1, n+1) if not _load_saved(run, i, fns[i-1], specs[i-1], ctx['data'], retrain, log)]
         limit = (12. if iskaggle else None) if time_limit is None else time_limit
-        (_train_apart if devices else _train_here)(run, todo, task, limit, log, devices)
+        if devices: _train_apart(run, todo, task, limit, log, devices)
+        else: _train_here(run, todo, task, limit, log)
         if run.left_out: log("left out of the ensemble: " + '; '.join(f"member {i} ({name}): {why}" for i, name, why in run.left_out))
     return run
 
@@ -594,15 +596,14 @@ def _load_saved(run, i, fn, spec, data, retrain, log)->bool:
     if retrain: return False
     if not fn.exists():
         if other := _saved_for_other_data(run.out_dir, m, spec, data):
-            log(f"member {i} of {len(run.members)}: {m.name}: saved before from other data ({', '.join(other)}): the images "
-                "or CSVs have changed since, so it trains again")
+            log(f"{_who(run, i)}: saved before from other data ({', '.join(other)}): the images or CSVs have changed "
+                "since, so it trains again")
         return False
     try: res = load_member(fn)
     except Exception as e:
-        log(f"member {i} of {len(run.members)}: {m.name}: can't read {fn} ({type(e).__name__}: {e}): training it again")
+        log(f"{_who(run, i)}: can't read {fn} ({type(e).__name__}: {e}): training it again")
         return False
-    log(f"member {i} of {len(run.members)}: {m.name}, weight {m.weight:g}: already done: loaded {fn} "
-        f"(hold-out error {res['record']['holdout_error']:.3f})")
+    log(f"{_who(run, i)}, weight {m.weight:g}: already done: loaded {fn} (hold-out error {res['record']['holdout_error']:.3f})")
     _add(run, i, res, 'loaded')
     return True
 
@@ -629,17 +630,20 @@ def _add(run, i, res, status, reason=None):
     if reason: run.reasons[i] = reason
     with contextlib.suppress(OSError): atomic_write(run.out_dir/'records.csv', lambda f: run.table.to_csv(f, index=False))
 
-def _start_line(run, i, late)->str:
-    m = run.members[i-1]
-    return f"member {i} of {len(run.members)}: {m.name}" + (f": not started, {late}" if late else f", weight {m.weight:g}")
+def _who(run, i)->str: return f"member {i} of {len(run.members)}: {run.members[i-1].name}"
 
-def _train_here(run, todo, task, limit, log, devices=None):
+def _not_started(run, i, t0, limit, log)->bool:
+    "If the time limit leaves no room for member `i`, record and say it is not started (True)."
+    if not (late := _too_late(run, t0, limit)): return False
+    log(f"{_who(run, i)}: not started, {late}"); _add(run, i, None, 'not started', f"not started: {late}")
+    return True
+
+def _train_here(run, todo, task, limit, log):
     "Train the members `todo` one after the other, in this process."
     t0 = time.perf_counter()
     for i in todo:
-        late = _too_late(run, t0, limit)
-        log(_start_line(run, i, late))
-        if late: _add(run, i, None, 'not started', f"not started: {late}"); continue
+        if _not_started(run, i, t0, limit, log): continue
+        log(f"{_who(run, i)}, weight {run.members[i-1].weight:g}")
         try: res, why = _make_member(*task(i), log=log)
         except KeyboardInterrupt:
             log(f"\ninterrupted during member {i} of {len(run.members)}: {len(run.done)} finished member(s) are saved in "
@@ -667,8 +671,9 @@ def _devices(devices)->list|None:
     return ds
 
 def _sendable(task)->bytes:
-    "`task` pickled for a worker process, or an error that says what can't go."
-    try: data = pickle.dumps(task)
+    "`task` pickled for a worker (its `Member` as a dict: a notebook's own class can't go), or an error saying what can't."
+    m, *rest = task
+    try: data = pickle.dumps((dataclasses.asdict(m), *rest))
     except Exception as e: err = f"{type(e).__name__}: {e}"
     else:
         if b'__main__' not in data: return data
@@ -741,16 +746,17 @@ def _start_workers(devices, results)->list:
 def _train_apart(run, todo, task, limit, log, devices):
     "Train the members `todo` in worker processes, one per device, each handed the next member as it frees up."
     if not todo: return
-    sends = {i: _sendable((dataclasses.asdict(task(i)[0]), *task(i)[1:])) for i in todo}  # all checked before any process starts
+    sends = {i: _sendable(task(i)) for i in todo}  # all checked before any process starts
     t0, results = time.perf_counter(), mp.get_context('spawn').Queue()
     procs, busy, error, todo = _start_workers(devices[:len(todo)], results), {}, None, list(todo)
     idle = list(procs)
     try:
-        while busy or (todo and error is None and (idle or busy)):
+        while busy or (todo and error is None and idle):
             while idle and todo and error is None:
-                i = todo.pop(0); late = _too_late(run, t0, limit)
-                if late: log(_start_line(run, i, late)); _add(run, i, None, 'not started', f"not started: {late}"); continue
-                w = idle.pop(0); log(f"[{w.label}] {_start_line(run, i, None)}"); w.tasks.put(sends[i]); busy[w.label] = (w, i)
+                i = todo.pop(0)
+                if _not_started(run, i, t0, limit, log): continue
+                w = idle.pop(0); log(f"[{w.label}] {_who(run, i)}, weight {run.members[i-1].weight:g}")
+                w.tasks.put(sends[i]); busy[w.label] = (w, i)
             try: kind, label, msg = results.get(timeout=1)
             except queue.Empty:  # a worker that died (killed for memory, say) sends nothing: look
                 for label, (w, i) in list(busy.items()):

@@ -17,18 +17,21 @@ D = Member('test_resnet', ('squish', 96), 48, accum=2)
 pytestmark = pytest.mark.usefixtures('one_thread')  # conftest.py: one PyTorch thread
 
 
+def _crops(learn)->bool: return any(str(getattr(t, 'method', '')) == 'crop' for t in learn.dls.train.after_item.fs)
+
+
 class FailOnCrop(Callback):
     "A member resized by cropping fails as it starts (importable here: a worker process can build it)."
     in_member_key = False
     def before_fit(self):
-        if any(str(getattr(t, 'method', '')) == 'crop' for t in self.dls.train.after_item.fs): raise ValueError('no crops today')
+        if _crops(self.learn): raise ValueError('no crops today')
 
 
 class DieOnCrop(Callback):
     "The worker training a cropped member dies outright, as one killed for memory would (no exception, no message)."
     in_member_key = False
     def before_fit(self):
-        if any(str(getattr(t, 'method', '')) == 'crop' for t in self.dls.train.after_item.fs): os._exit(9)
+        if _crops(self.learn): os._exit(9)
 
 
 class HoldsALock(Callback):
